@@ -1,0 +1,118 @@
+"""Typed errors, apart from the code that raises them.
+
+Every error a user can meet derives from ``OpchatError``, which is a
+``RuntimeError`` because the original gpt4free provider raised RuntimeError for
+broken streams: code written against it keeps working. Messages name what was
+wrong (the offending line, the URL that did not answer) and never carry secrets.
+"""
+from __future__ import annotations
+
+import aiohttp
+
+__all__ = [
+    "OpchatError",
+    "StreamError",
+    "SSEDecodeError",
+    "TruncatedStreamError",
+    "ServerError",
+    "NotAnEndpointError",
+    "EndpointUnreachableError",
+    "StreamTimeoutError",
+    "HTTPStatusError",
+    "StoppedError",
+    "redact",
+]
+
+# How a user points the magic at a working endpoint; appended to connection errors.
+ENDPOINT_HINT = (
+    "Point opchat-magic at an endpoint that answers:\n"
+    "  - the local server:  `opchat-magic serve` (or `from opchat_magic.server import LocalServer`),"
+    " then `%config OpchatMagics.url = 'http://127.0.0.1:8765'`\n"
+    "  - an AI Engine site: `%config OpchatMagics.url = 'https://your-wordpress-site'` (or OPCHAT_URL)\n"
+    "  - an OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio, OpenAI):"
+    " `%config OpchatMagics.provider = 'openai'` and OPENAI_BASE_URL / OPCHAT_API_KEY"
+)
+
+
+def redact(text: str, secrets) -> str:
+    """Replace every secret in ``text`` with ``***``; secrets shorter than 4 chars are ignored."""
+    for secret in secrets or ():
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+class OpchatError(RuntimeError):
+    """Base of every opchat-magic error."""
+
+
+class StreamError(OpchatError):
+    """The server's stream broke the protocol. ``line`` holds the offending line, if any."""
+
+    def __init__(self, message: str, line: str | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+class SSEDecodeError(StreamError):
+    """Bytes that are not valid server-sent events (invalid UTF-8, a line too long)."""
+
+
+class TruncatedStreamError(StreamError):
+    """The stream closed before its ``end`` event: the reply is incomplete."""
+
+    def __init__(self, message: str, partial: str = ""):
+        super().__init__(message)
+        self.partial = partial
+
+
+class ServerError(OpchatError):
+    """The server sent an ``error`` event (or an error body) with this message."""
+
+
+class NotAnEndpointError(OpchatError):
+    """The URL answered, but not as a chat endpoint (an HTML page, a non-SSE body)."""
+
+
+class EndpointUnreachableError(OpchatError, ConnectionError):
+    """Nothing answered at the URL (connection refused, DNS failure)."""
+
+    def __init__(self, url: str, reason: str = ""):
+        self.url = url
+        msg = f"No chat endpoint answered at {url}" + (f" ({reason})" if reason else "") + ".\n" + ENDPOINT_HINT
+        super().__init__(msg)
+
+
+class StreamTimeoutError(OpchatError, TimeoutError):
+    """Connecting took too long, or the stream sent no bytes for too long."""
+
+
+class StoppedError(OpchatError):
+    """The user stopped the reply (Stop button or kernel interrupt)."""
+
+    def __init__(self, message: str = "stopped by the user", partial: str = ""):
+        super().__init__(message)
+        self.partial = partial
+
+
+class HTTPStatusError(aiohttp.ClientResponseError, OpchatError):
+    """An HTTP error status, with the server's message in the text.
+
+    It is an ``aiohttp.ClientResponseError`` (status, message, request_info) as the
+    issue asks, but its ``request_info`` carries no headers: aiohttp's own
+    ClientResponseError keeps the request headers, and so an API key, in its repr.
+    """
+
+    def __init__(self, url: str, status: int, message: str, method: str = "POST"):
+        from multidict import CIMultiDict, CIMultiDictProxy
+        from yarl import URL
+
+        info = aiohttp.RequestInfo(URL(url), method, CIMultiDictProxy(CIMultiDict()), URL(url))
+        super().__init__(info, (), status=status, message=message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} from {self.url}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"HTTPStatusError(status={self.status}, url={self.url!r}, message={self.message!r})"
