@@ -20,6 +20,7 @@ __all__ = [
     "StreamTimeoutError",
     "HTTPStatusError",
     "StoppedError",
+    "ThreadBusyError",
     "redact",
 ]
 
@@ -116,3 +117,7 @@ class HTTPStatusError(aiohttp.ClientResponseError, OpchatError):
 
     def __repr__(self) -> str:
         return f"HTTPStatusError(status={self.status}, url={self.url!r}, message={self.message!r})"
+
+
+class ThreadBusyError(OpchatError):
+    """A turn is already streaming on this thread; one at a time keeps history in order."""

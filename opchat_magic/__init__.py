@@ -1,0 +1,19 @@
+"""opchat-magic: streaming chat models in Jupyter.
+
+``%load_ext opchat_magic`` registers the ``%%opchat`` magics. Importing this
+package stays cheap (aiohttp and ipywidgets load on first use), because
+``%load_ext`` time is something users feel on every kernel start.
+"""
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython):
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
