@@ -41,12 +41,18 @@ class ChatTurn:
     door wakes once per batch rather than once per chunk.
     """
 
-    def __init__(self, thread, user_text: str, options: ChatOptions,
+    def __init__(self, thread, user_text: Optional[str], options: ChatOptions,
                  on_chunk: Optional[Callable[[], None]] = None):
+        """Begin a turn on ``thread``; ``user_text=None`` retries its last failed turn."""
         self.thread = thread
         self.options = options
-        self.turn = thread.begin(user_text, provider=getattr(options.provider, "__name__", ""),
-                                 model=options.model)
+        provider = getattr(options.provider, "__name__", "")
+        if user_text is None:
+            self.turn = thread.retry(provider=provider, model=options.model)
+            if self.turn is None:
+                raise ValueError(f"Thread {thread.name!r} has no failed turn to retry.")
+        else:
+            self.turn = thread.begin(user_text, provider=provider, model=options.model)
         self.messages = thread.request_messages(
             self.turn,
             max_messages=options.max_messages,

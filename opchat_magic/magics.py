@@ -341,11 +341,10 @@ class OpchatMagics(Magics):
         """Send the last failed or stopped turn of a thread again."""
         args = self._parse(self.opchat_retry, line)
         thread = self._thread(args.thread, create=False)
-        failed = thread.last_failed
-        if failed is None:
+        if thread.last_failed is None:
             raise UsageError(f"Thread {thread.name!r} has no failed turn to retry.")
         cell_args = self._parse(self.opchat, "" if not args.thread else f"-t {args.thread}")
-        return self._run_sync(cell_args, thread, failed.user, self.chat_options(cell_args))
+        return self._run_sync(cell_args, thread, None, self.chat_options(cell_args))
 
     @line_magic(MAGIC_NAME)
     def opchat_line(self, line):

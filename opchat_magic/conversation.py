@@ -1,0 +1,466 @@
+"""Conversation state: threads of turns, what to send, what to keep.
+
+A turn (the user's text and the assistant's reply) enters a thread's history
+only when its reply completes. A failed or stopped turn stays out of what is
+sent next time, but is kept (partial text included) as the thread's
+``last_failed`` so the user can see it and retry it.
+
+Thread safety: the chat panel drives turns from the private loop thread while
+``%%opchat`` cells run on the kernel's main thread, over the same Conversation.
+Each Thread has a lock around its state changes; the Conversation has a lock
+around its map of threads. Locks are taken Conversation -> Thread -> Store,
+never the other way round.
+
+Persistence is delegated to a store (``store.Store``) given by the caller;
+without one a conversation lives in memory only. State changes happen in
+memory first, then in the store: a kernel interrupt or a full disk during the
+write costs the saved copy of one turn, never the session's own history. A
+store that fails is reported with a ``HistoryNotSavedWarning``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+
+from .errors import OpchatError, ThreadBusyError
+
+if TYPE_CHECKING:  # the store is a collaborator passed in; no runtime import, no cycle
+    from .store import Store
+
+__all__ = [
+    "Message",
+    "Turn",
+    "Thread",
+    "Conversation",
+    "EmptyMessageError",
+    "UnknownThreadError",
+    "TurnStateError",
+    "HistoryNotSavedWarning",
+    "STATUSES",
+]
+
+STATUSES = ("pending", "complete", "failed", "stopped")
+
+
+class EmptyMessageError(OpchatError, ValueError):
+    """There is nothing to send: the text is empty or only whitespace."""
+
+
+class TurnStateError(OpchatError, ValueError):
+    """A turn was used where it does not belong (another thread, or not the one in flight)."""
+
+
+class UnknownThreadError(OpchatError, KeyError):
+    """No thread by that name. A KeyError, for ``except KeyError`` callers."""
+
+    def __str__(self) -> str:  # KeyError's str() would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class HistoryNotSavedWarning(UserWarning):
+    """The store could not save a change; the in-memory history is unaffected."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message as providers take it. Frozen: history handed out can't be edited in place."""
+
+    role: str
+    content: str
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Turn:
+    """One exchange: the user's text and, once it ends, the reply and how it ended."""
+
+    thread: str
+    user: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    reply: str = ""
+    status: str = "pending"
+    error: Optional[str] = None
+    usage: Optional[dict] = None
+    provider: str = ""
+    model: str = ""
+    started_at: float = field(default_factory=time.time)  # wall clock: shown to users, stored
+    finished_at: Optional[float] = None
+    retry_of: Optional[str] = None  # id of the failed turn this one sends again
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in ("failed", "stopped")
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "pending"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Turn":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _usage_dict(usage: Any) -> Optional[dict]:
+    """Usage as a plain dict, whether given as a dict or as providers.base.Usage."""
+    if usage is None:
+        return None
+    if isinstance(usage, dict):
+        return dict(usage)
+    if dataclasses.is_dataclass(usage):
+        return dataclasses.asdict(usage)
+    return dict(getattr(usage, "__dict__", {})) or None
+
+
+class Thread:
+    """One line of conversation: committed turns, the turn in flight, the last failed one.
+
+    ``store``/``key`` are set by Conversation; a Thread made on its own
+    (``Thread("scratch")``) lives in memory only.
+    """
+
+    def __init__(self, name: str, system: Optional[str] = None, *, store: Optional["Store"] = None,
+                 key: Optional[str] = None):
+        self.name = name
+        self.system = system
+        self._store = store
+        self._key = key
+        self._lock = threading.RLock()
+        # Copy-on-write: commit replaces the list in one assignment, so a reader
+        # (or an interrupt) never sees a user message without its reply.
+        self._history: List[Turn] = []
+        self._pending: Optional[Turn] = None
+        self._failed: Optional[Turn] = None
+        self._failed_at = 0  # how many committed turns preceded the failed one
+
+    # -- views -------------------------------------------------------------
+    @property
+    def messages(self) -> List[Message]:
+        """The committed history, user and assistant alternating. A fresh list each time."""
+        return [m for t in self._history for m in (Message("user", t.user), Message("assistant", t.reply))]
+
+    @property
+    def pending(self) -> Optional[Turn]:
+        """The turn in flight (the same object ``begin`` returned), if any."""
+        return self._pending
+
+    @property
+    def last_failed(self) -> Optional[Turn]:
+        """A copy of the last failed or stopped turn, until it is retried successfully or reset."""
+        failed = self._failed
+        return dataclasses.replace(failed) if failed is not None else None
+
+    @property
+    def turns(self) -> List[Turn]:
+        """For display: committed turns plus the last failed one where it happened (copies)."""
+        with self._lock:
+            shown = [dataclasses.replace(t) for t in self._history]
+            if self._failed is not None:
+                shown.insert(min(self._failed_at, len(shown)), dataclasses.replace(self._failed))
+        return shown
+
+    def __repr__(self) -> str:
+        state = ", streaming" if self._pending else ""
+        state += f", last {self._failed.status}" if self._failed else ""
+        return f"<Thread {self.name!r}: {len(self._history)} turns{state}>"
+
+    # -- a turn's life -----------------------------------------------------
+    def begin(self, user_text: str, provider: str = "", model: str = "", *, retry_of: Optional[str] = None) -> Turn:
+        """Start a turn. One at a time per thread, so replies enter history in the order asked."""
+        if not isinstance(user_text, str):
+            raise TypeError(f"the message must be text, not {type(user_text).__name__}")
+        if not user_text.strip():
+            raise EmptyMessageError("Nothing to send: the message is empty.")
+        with self._lock:
+            if self._pending is not None:
+                raise ThreadBusyError(
+                    f"Thread {self.name!r} is still answering the previous message; wait for it, stop it, "
+                    f"or send this one on another thread.")
+            turn = Turn(thread=self.name, user=user_text, provider=provider or "", model=model or "",
+                        retry_of=retry_of)
+            self._pending = turn
+            return turn
+
+    def request_messages(self, turn: Union[Turn, str], max_messages: Optional[int] = None,
+                         max_chars: Optional[int] = None, system: Optional[str] = None,
+                         include_history: bool = True) -> List[Dict[str, str]]:
+        """The messages to send for ``turn``: [system], trimmed history, the new user message.
+
+        ``system`` overrides the thread's system prompt (``""`` sends none).
+        ``max_messages`` and ``max_chars`` bound the conversation part of the
+        request (history plus the new message; the system prompt is not
+        counted): history is dropped oldest first, whole user/assistant pairs
+        at a time, and never starts with an assistant message. The new
+        message is always sent, even when it alone exceeds a limit. A string
+        instead of a Turn previews the request without starting a turn.
+        """
+        if isinstance(turn, Turn):
+            if turn.thread != self.name:
+                raise TurnStateError(f"That turn belongs to thread {turn.thread!r}, not {self.name!r}.")
+            if turn.status != "pending":
+                raise TurnStateError(f"That turn has already ended ({turn.status}); begin a new one.")
+            user_text = turn.user
+        else:
+            user_text = turn
+        for label, limit in (("max_messages", max_messages), ("max_chars", max_chars)):
+            if limit is not None and limit < 0:
+                raise ValueError(f"{label} must be 0 or more, not {limit}")
+        history = self.messages if include_history else []
+        sent = _trim(history, len(user_text), max_messages, max_chars)
+        out: List[Dict[str, str]] = []
+        prompt = self.system if system is None else system
+        if prompt:
+            out.append({"role": "system", "content": prompt})
+        out.extend(m.to_dict() for m in sent)
+        out.append({"role": "user", "content": user_text})
+        return out
+
+    def commit(self, turn: Turn, reply_text: str, usage: Any = None) -> bool:
+        """The reply completed: the turn enters history (and the store, in one transaction).
+
+        Returns False, changing nothing, if the turn had already ended: Stop and
+        end-of-stream can race between the panel's and the kernel's threads,
+        and the first to finish the turn wins.
+        """
+        with self._lock:
+            if not self._owns(turn):
+                return False
+            turn.reply = reply_text or ""
+            turn.usage = _usage_dict(usage)
+            turn.status = "complete"
+            turn.error = None
+            turn.finished_at = time.time()
+            failed = self._failed
+            # The failed turn is answered now. A retry through retry() names it; a
+            # front door that re-sends the same text through begin() is recognised by the text.
+            answers_failed = failed is not None and (turn.retry_of == failed.id or turn.user == failed.user)
+            # One assignment statement: no point between these stores where an
+            # interrupt can land and leave the thread busy forever.
+            self._history, self._failed, self._pending = (
+                self._history + [dataclasses.replace(turn)], None if answers_failed else failed, None)
+            self._save("append_turn", Message("user", turn.user), Message("assistant", turn.reply),
+                       _turn_meta(turn), clear_failed=answers_failed)
+            return True
+
+    def fail(self, turn: Turn, error: str, partial: str = "", stopped: bool = False) -> bool:
+        """The reply failed or was stopped: keep it, out of history, as the retryable turn.
+
+        Returns False if the turn had already ended (see ``commit``).
+        """
+        with self._lock:
+            if not self._owns(turn):
+                return False
+            turn.reply = partial or ""
+            turn.error = error
+            turn.status = "stopped" if stopped else "failed"
+            turn.finished_at = time.time()
+            kept = dataclasses.replace(turn)
+            self._failed, self._failed_at, self._pending = kept, len(self._history), None
+            self._save("record_failed", kept)
+            return True
+
+    def retry(self, provider: Optional[str] = None, model: Optional[str] = None) -> Optional[Turn]:
+        """A new pending turn sending the last failed turn's text again (None if there is none)."""
+        with self._lock:
+            failed = self._failed
+            if failed is None:
+                return None
+            return self.begin(failed.user, provider=failed.provider if provider is None else provider,
+                              model=failed.model if model is None else model, retry_of=failed.id)
+
+    def reset(self) -> None:
+        """Forget the history and the failed turn, here and in the store.
+
+        A turn in flight is left alone: it finishes and, if it completes,
+        becomes the first turn of the fresh history. The user saw that question
+        and its answer arrive after the reset, so it is the one exchange they
+        would expect the model to remember; refusing the reset instead would
+        make "clear" fail exactly when a reply is taking too long.
+        """
+        with self._lock:
+            self._history, self._failed, self._failed_at = [], None, 0
+            self._save("reset")
+
+    def _owns(self, turn: Turn) -> bool:
+        """Whether ``turn`` is this thread's turn in flight; False if it already ended."""
+        if turn.thread != self.name:
+            raise TurnStateError(f"That turn belongs to thread {turn.thread!r}, not {self.name!r}.")
+        if self._pending is not None and self._pending.id == turn.id:
+            return True
+        if turn.status == "pending":
+            raise TurnStateError(f"That turn was never begun on thread {self.name!r}.")
+        return False
+
+    def _save(self, what: str, *args, **kwargs) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            if what == "reset":
+                store.reset(self._key, self.name)
+            else:
+                getattr(store, what)(self._key, self.name, *args, **kwargs)
+        except Exception as exc:  # the session's history is intact; say the saved copy is not
+            warnings.warn(f"opchat-magic could not save thread {self.name!r} to "
+                          f"{getattr(store, 'path', 'the history database')}: {exc}",
+                          HistoryNotSavedWarning, stacklevel=3)
+
+    def _restore(self, turns: List[dict], failed: Optional[dict]) -> None:
+        with self._lock:
+            self._history = [_turn_from_store(self.name, t) for t in turns]
+            if failed is not None:
+                self._failed = Turn.from_dict({**failed, "thread": self.name})
+                self._failed_at = int(failed.get("position") or 0)
+
+    # -- export ------------------------------------------------------------
+    def to_markdown(self) -> str:
+        """A readable transcript: the system prompt, each turn, and the failed turn marked."""
+        parts = []
+        if self.system:
+            parts.append(f"**System:**\n\n{self.system}")
+        for turn in self.turns:
+            parts.append(f"**You:**\n\n{turn.user}")
+            if turn.status == "complete":
+                parts.append(f"**Assistant:**\n\n{turn.reply}")
+                continue
+            why = "stopped" if turn.status == "stopped" else f"failed: {turn.error or 'unknown error'}"
+            note = f"**Assistant** *({why}; not part of the history sent to the model, can be retried)*:"
+            parts.append(f"{note}\n\n{turn.reply}" if turn.reply else note)
+        return "\n\n".join(parts) + ("\n" if parts else "")
+
+    def to_json(self) -> Dict[str, Any]:
+        failed = self._failed
+        return {
+            "name": self.name,
+            "system": self.system,
+            "messages": [m.to_dict() for m in self.messages],
+            "last_failed": failed.to_dict() if failed is not None else None,
+        }
+
+
+def _trim(history: List[Message], new_chars: int, max_messages: Optional[int],
+          max_chars: Optional[int]) -> List[Message]:
+    """The longest suffix of ``history`` that starts with a user message and fits the limits.
+
+    The limits count the new message as well. Walking back from the newest
+    message, only starts at a user message are candidates, so pairs stay whole.
+    """
+    if max_messages is None and max_chars is None:
+        start = 0
+    else:
+        start = len(history)
+        count, chars = 1, new_chars
+        for i in range(len(history) - 1, -1, -1):
+            count += 1
+            chars += len(history[i].content)
+            if (max_messages is not None and count > max_messages) or (max_chars is not None and chars > max_chars):
+                break
+            if history[i].role == "user":
+                start = i
+    while start < len(history) and history[start].role != "user":
+        start += 1
+    return history[start:]
+
+
+def _turn_meta(turn: Turn) -> Dict[str, Any]:
+    return {"turn_id": turn.id, "provider": turn.provider, "model": turn.model, "usage": turn.usage,
+            "started_at": turn.started_at, "finished_at": turn.finished_at, "retry_of": turn.retry_of}
+
+
+def _turn_from_store(thread: str, data: dict) -> Turn:
+    meta = data.get("meta") or {}
+    usage = meta.get("usage")
+    return Turn(thread=thread, user=data["user"], id=data.get("id") or uuid.uuid4().hex, reply=data["reply"],
+                status="complete", usage=usage if isinstance(usage, dict) else None,
+                provider=meta.get("provider") or "", model=meta.get("model") or "",
+                started_at=meta.get("started_at") or data.get("created") or 0.0,
+                finished_at=meta.get("finished_at"), retry_of=meta.get("retry_of"))
+
+
+class Conversation:
+    """All threads of one notebook, restored from ``store`` under ``key``."""
+
+    def __init__(self, key: str, store: Optional["Store"] = None, restore: bool = True):
+        self.key = key
+        self.store = store
+        self.default_thread = "default"
+        self._lock = threading.Lock()
+        self._threads: Dict[str, Thread] = {self.default_thread: self._new(self.default_thread)}
+        if store is not None and restore:
+            self._restore()
+
+    def _restore(self) -> None:
+        try:
+            turns = self.store.load_turns(self.key)
+            failed = self.store.load_failed(self.key)
+        except Exception as exc:  # a broken file must not stop the extension from loading
+            warnings.warn(f"opchat-magic could not restore history from "
+                          f"{getattr(self.store, 'path', 'the history database')}: {exc}",
+                          HistoryNotSavedWarning, stacklevel=3)
+            return
+        for name in list(turns) + [n for n in failed if n not in turns]:
+            thread = self._threads.setdefault(name, self._new(name))
+            thread._restore(turns.get(name, []), failed.get(name))
+
+    def _new(self, name: str) -> Thread:
+        return Thread(name, store=self.store, key=self.key)
+
+    def thread(self, name: Optional[str] = None, create: bool = True) -> Thread:
+        """The thread called ``name`` (default: ``default_thread``), made if new unless ``create=False``."""
+        name = self.default_thread if name is None else name
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("A thread needs a name that is not empty.")
+        with self._lock:
+            found = self._threads.get(name)
+            if found is None:
+                if not create:
+                    known = ", ".join(repr(n) for n in self._threads) or "none"
+                    raise UnknownThreadError(f"No thread named {name!r} in this notebook. Known threads: {known}.")
+                found = self._threads[name] = self._new(name)
+            return found
+
+    def threads(self) -> List[str]:
+        """Thread names, in the order they were first used."""
+        with self._lock:
+            return list(self._threads)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._threads
+
+    def reset(self, name: Optional[str] = None) -> None:
+        """Clear one thread (default: ``default_thread``). The thread itself stays, empty."""
+        self.thread(name, create=False).reset()
+
+    def reset_all(self) -> None:
+        """Clear every thread of this notebook, in memory and in the store.
+
+        Threads stay in the map, empty: a front door may still hold one, and
+        it must keep writing where the others read.
+        """
+        if self.store is not None:
+            # The whole key first: that also clears what was stored but never loaded
+            # (a restore that failed). Then each thread, which clears its own rows
+            # again, so a turn committing in between is gone from memory and disk alike.
+            try:
+                self.store.reset(self.key)
+            except Exception as exc:
+                warnings.warn(f"opchat-magic could not clear the stored history: {exc}",
+                              HistoryNotSavedWarning, stacklevel=2)
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.reset()
+
+    def __repr__(self) -> str:
+        return f"<Conversation {self.key!r}: threads {self.threads()}>"

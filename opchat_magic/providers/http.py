@@ -1,0 +1,500 @@
+"""HTTP helpers shared by the streaming providers (AI Engine, OpenAI-compatible).
+
+Everything a provider needs between "I have a URL and a JSON payload" and "I
+have the body's bytes", with every failure mapped to a typed error of
+:mod:`opchat_magic.errors`:
+
+===============================================  ==============================================
+what happens                                     what the caller gets
+===============================================  ==============================================
+connection refused, DNS failure, TLS failure,    :class:`EndpointUnreachableError` (URL, reason,
+server closed the socket before answering        and the "how to point at an endpoint" hint)
+no connection within ``connect_timeout``         :class:`StreamTimeoutError` ("connect ... N s")
+no response headers / no body bytes for          :class:`StreamTimeoutError` ("no bytes ... N s")
+``read_timeout`` seconds (an *idle* timeout,
+not a total one: a long reply never times out
+while bytes keep coming)
+HTTP status >= 400                               :class:`HTTPStatusError` whose message is the
+                                                 server's JSON ``message`` / ``error.message``,
+                                                 or a short snippet of a text body
+the connection broke mid-body                    :class:`TruncatedStreamError`
+an invalid URL                                   ``ValueError``
+===============================================  ==============================================
+
+aiohttp's own ``ClientResponseError`` is never let out: its ``request_info``
+carries the request headers, i.e. API keys, into every repr and traceback.
+Text built from server responses goes through :func:`opchat_magic.errors.redact`
+with the request's secrets (Authorization, API-key and nonce headers, and the
+proxy password are collected automatically).
+
+Typical use (see ``opchatgpts.py``)::
+
+    timeouts = Timeouts.from_kwargs(kwargs)          # pops connect_timeout= / read_timeout=
+    async with session_scope(session) as s:          # the caller's session, or a new one
+        async with open_post(s, url, json=payload, headers=headers,
+                             proxy=proxy, timeouts=timeouts) as response:
+            if not is_event_stream(response): ...
+            async for chunk in iter_body(response, url, timeouts):
+                ...
+
+Timeouts are aiohttp's ``sock_connect``/``connect`` and ``sock_read``
+(``ClientTimeout(total=None, ...)``), set per request so they apply to a shared
+session too. ``sock_read`` is re-armed by aiohttp in ``data_received`` (once per
+network read, not per event) and dropped while reading is paused for
+back-pressure, so a slow consumer never trips it. It measured faster than
+wrapping every read in ``asyncio.wait_for`` (which creates a task per read);
+``iter_body(..., per_read=True)`` keeps the ``wait_for`` variant for responses
+not opened with these timeouts.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import json as _json
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterable, Mapping, Optional
+
+import aiohttp
+
+from ..errors import (
+    EndpointUnreachableError,
+    HTTPStatusError,
+    NotAnEndpointError,
+    StreamTimeoutError,
+    TruncatedStreamError,
+    ENDPOINT_HINT,
+    redact,
+)
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "BROWSER_USER_AGENT",
+    "Timeouts",
+    "session_scope",
+    "open_post",
+    "post_json",
+    "iter_body",
+    "read_body",
+    "is_event_stream",
+    "media_type",
+    "sniff",
+    "collect_secrets",
+    "error_message",
+    "snippet",
+    "not_an_endpoint",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to establish the connection (TCP, proxy CONNECT and TLS)."""
+
+DEFAULT_READ_TIMEOUT = 60.0
+"""Seconds without a single byte (response headers or body) before giving up.
+
+Generous because a model may think for a while before its first token; it is an
+idle timeout, so long replies are fine as long as bytes keep coming."""
+
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/116.0.0.0 Safari/537.36"
+)
+
+# Error bodies and non-streamed JSON answers are read up to these sizes.
+MAX_ERROR_BODY = 64 * 1024
+MAX_JSON_BODY = 32 * 1024 * 1024
+
+_SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-wp-nonce", "cookie", "x-goog-api-key"}
+)
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def _check_timeout(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connect and idle-read timeouts in seconds; ``None`` means no limit."""
+
+    connect: Optional[float] = DEFAULT_CONNECT_TIMEOUT
+    read: Optional[float] = DEFAULT_READ_TIMEOUT
+
+    def __post_init__(self):
+        object.__setattr__(self, "connect", _check_timeout("connect_timeout", self.connect))
+        object.__setattr__(self, "read", _check_timeout("read_timeout", self.read))
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict, *, pop: bool = True) -> "Timeouts":
+        """Build from ``connect_timeout=`` / ``read_timeout=`` in ``kwargs`` (popped by default).
+
+        Absent keys keep the defaults; an explicit ``None`` disables that timeout.
+        """
+        get = kwargs.pop if pop else kwargs.get
+        connect = get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        read = get("read_timeout", DEFAULT_READ_TIMEOUT)
+        return cls(connect, read)
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        """aiohttp timeouts: no total limit (streams are long), connect and idle read."""
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.connect, sock_connect=self.connect, sock_read=self.read
+        )
+
+
+# ---------------------------------------------------------------- secrets and messages
+
+
+def collect_secrets(headers: Optional[Mapping[str, str]] = None, proxy: Any = None,
+                    extra: Iterable[Optional[str]] = ()) -> tuple:
+    """The strings that must never appear in an error: sensitive header values, proxy password."""
+    secrets = [s for s in extra if s]
+    for name, value in (headers or {}).items():
+        if isinstance(value, str) and name.lower() in _SENSITIVE_HEADERS:
+            secrets.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                secrets.append(token.strip())
+    if proxy is not None:
+        try:
+            from yarl import URL
+
+            password = URL(str(proxy)).password
+        except Exception:
+            password = None
+        if password:
+            secrets.append(password)
+    # Longest first, so a token inside a longer header value is not half-replaced.
+    return tuple(sorted(set(secrets), key=len, reverse=True))
+
+
+def snippet(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis and the full length if cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"
+
+
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
+_SPACE = re.compile(r"\s+")
+
+
+def _html_text(text: str) -> str:
+    title = _TITLE.search(text)
+    if title and title.group(1).strip():
+        return _SPACE.sub(" ", title.group(1)).strip()
+    return _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
+
+
+def error_message(body: bytes, content_type: str = "", secrets: Iterable[str] = (), limit: int = 300) -> str:
+    """The human part of an error body: JSON ``message``, ``error.message`` / ``error``,
+    ``detail``; else the page title or a snippet of the text. Redacted, never empty."""
+    text = body.decode("utf-8", "replace").strip()
+    message = None
+    try:
+        obj = _json.loads(text) if text[:1] in ("{", "[") else None
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        error = obj.get("error")
+        candidates = (
+            obj.get("message"),
+            error.get("message") if isinstance(error, dict) else error,
+            obj.get("detail"),
+            obj.get("msg"),
+        )
+        message = next((c for c in candidates if isinstance(c, str) and c.strip()), None)
+        code = obj.get("code")
+        if code is None and isinstance(error, dict):
+            code = error.get("code") or error.get("type")
+        if message and isinstance(code, str) and code and code not in message:
+            message = f"{message} ({code})"
+        elif not message and isinstance(code, str) and code:
+            message = code
+    if message is None:
+        if "html" in content_type or text[:1] == "<":
+            text = _html_text(text)
+        message = text
+    message = snippet(_SPACE.sub(" ", message).strip(), limit)
+    return redact(message, secrets) or "(empty body)"
+
+
+def media_type(response: aiohttp.ClientResponse) -> str:
+    """The response's media type, lower case, without parameters ("" if absent)."""
+    raw = response.headers.get("Content-Type", "")
+    return raw.split(";", 1)[0].strip().lower()
+
+
+def is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    return media_type(response) == "text/event-stream"
+
+
+def sniff(first: bytes) -> str:
+    """Guess what a body is from its first bytes: ``"sse"``, ``"json"``, ``"html"``, ``"empty"`` or ``"other"``.
+
+    Some PHP hosts label an event stream ``text/html``; the bytes tell the truth.
+    """
+    head = first.lstrip(b"\xef\xbb\xbf").lstrip()
+    if not head:
+        return "empty"
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if head[:1] == b"<":
+        return "html"
+    if head.startswith((b"data:", b":", b"event:", b"id:", b"retry:")):
+        return "sse"
+    return "other"
+
+
+def not_an_endpoint(url: str, response: aiohttp.ClientResponse, body: bytes = b"",
+                    secrets: Iterable[str] = (), expected: str = "a text/event-stream") -> NotAnEndpointError:
+    """A :class:`NotAnEndpointError` naming the URL, the content type, and what the page says."""
+    ctype = response.headers.get("Content-Type") or "no Content-Type"
+    what = error_message(body, ctype.lower(), secrets, limit=120) if body.strip() else "an empty body"
+    redirected = ""
+    if response.history and str(response.url) != url:
+        redirected = f" (redirected to {response.url})"
+    return NotAnEndpointError(
+        f"{url}{redirected} answered HTTP {response.status} with {ctype}, not {expected} chat stream: "
+        f"{what!r}. Is this the chat endpoint? A wrong URL, a login/captcha page or a proxy's page "
+        f"answers like this.\n{ENDPOINT_HINT}"
+    )
+
+
+# ---------------------------------------------------------------- sessions and requests
+
+
+@asynccontextmanager
+async def session_scope(session: Optional[aiohttp.ClientSession] = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """Yield ``session`` as is, or a new ``ClientSession(trust_env=True)`` closed afterwards.
+
+    ``trust_env=True`` makes HTTP(S)_PROXY / NO_PROXY and ~/.netrc apply, as in a browser.
+    """
+    if session is not None:
+        yield session
+        return
+    own = aiohttp.ClientSession(trust_env=True)
+    try:
+        yield own
+    finally:
+        await own.close()
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    if isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())):
+        host = getattr(exc, "host", "")
+        return f"DNS lookup failed for {host!r}" if host else "DNS lookup failed"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot connect to the proxy: {exc.strerror or exc}"
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        return f"TLS error: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = getattr(exc, "os_error", None)
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(os_error, OSError) and getattr(os_error, "errno", None) in (
+            getattr(errno, "EAI_NONAME", -2), -2, -3, -5
+        ):
+            return f"DNS lookup failed for {getattr(exc, 'host', '')!r}"
+        return exc.strerror or str(os_error or exc)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    return str(exc) or type(exc).__name__
+
+
+def _map_open_error(exc: BaseException, url: str, timeouts: Timeouts, secrets) -> BaseException:
+    """The typed error for a failure before the response headers arrived."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (
+        isinstance(exc, aiohttp.ServerTimeoutError) and "connect" in str(exc).lower()
+    ):
+        return StreamTimeoutError(
+            f"could not connect to {url} within connect_timeout={timeouts.connect:g} s"
+            if timeouts.connect else f"could not connect to {url} (timed out)"
+        )
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return StreamTimeoutError(
+            f"{url} accepted the connection but sent no response for read_timeout={timeouts.read:g} s"
+            if timeouts.read else f"{url} sent no response (timed out)"
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ValueError(f"invalid URL {redact(str(url), secrets)!r}: {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError):  # a session with raise_for_status, or a proxy error
+        return HTTPStatusError(url, exc.status, redact(str(exc.message), secrets))
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        return EndpointUnreachableError(url, redact(_unreachable_reason(exc), secrets))
+    return exc
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int, first: bytes = b"") -> bytes:
+    """Read the body up to ``limit`` bytes (beyond that: ``ValueError``), after ``first``."""
+    parts = [first] if first else []
+    size = len(first)
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"body larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> HTTPStatusError:
+    try:
+        body = await asyncio.wait_for(_read_some(response, MAX_ERROR_BODY), 10)
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+        body = b""
+    message = error_message(body, media_type(response), secrets)
+    retry_after = response.headers.get("Retry-After")
+    if retry_after:
+        message += f" (Retry-After: {snippet(retry_after, 40)})"
+    if response.history and str(response.url) != url:
+        message += f" (after a redirect to {response.url})"
+    return HTTPStatusError(url, response.status, message)
+
+
+async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    parts, size = [], 0
+    async for chunk in response.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+@asynccontextmanager
+async def open_post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    json: Any = None,
+    headers: Optional[Mapping[str, str]] = None,
+    proxy: Optional[str] = None,
+    timeouts: Timeouts = Timeouts(),
+    secrets: Iterable[str] = (),
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST ``json`` to ``url`` and yield the response once its headers are in.
+
+    A status >= 400 raises :class:`HTTPStatusError` (after reading up to 64 KiB of
+    the body for its message). Connection failures and timeouts raise the typed
+    errors in the module docstring. On leaving the block the response is
+    released if it was read to the end, else closed (so an abandoned or
+    cancelled stream really closes its connection at once).
+    """
+    secrets = tuple(secrets) + collect_secrets(headers, proxy)
+    try:
+        response = await session.post(
+            url, json=json, headers=headers, proxy=proxy,
+            timeout=timeouts.client_timeout(), raise_for_status=False,
+        )
+    except asyncio.CancelledError:
+        raise
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise _map_open_error(exc, url, timeouts, secrets) from None
+    try:
+        if response.status >= 400:
+            raise await _status_error(response, url, secrets)
+        yield response
+    finally:
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    json: Any = None,
+    headers: Optional[Mapping[str, str]] = None,
+    proxy: Optional[str] = None,
+    timeouts: Timeouts = Timeouts(),
+    secrets: Iterable[str] = (),
+    limit: int = 1 << 20,
+) -> Any:
+    """POST and return the parsed JSON answer (small requests: sessions, nonces).
+
+    A non-JSON answer raises :class:`NotAnEndpointError` naming URL and content type.
+    """
+    secrets = tuple(secrets) + collect_secrets(headers, proxy)
+    async with open_post(session, url, json=json, headers=headers, proxy=proxy,
+                         timeouts=timeouts, secrets=secrets) as response:
+        try:
+            body = await read_body(response, limit)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise TruncatedStreamError(f"the answer from {url} broke off: {_payload_reason(exc)}") from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise StreamTimeoutError(f"no bytes from {url} for read_timeout={timeouts.read:g} s") from None
+        except ValueError:
+            raise NotAnEndpointError(f"{url} answered with more than {limit} bytes, not a small JSON object")
+        try:
+            return _json.loads(body)
+        except ValueError:
+            raise not_an_endpoint(url, response, body, secrets, expected="a JSON") from None
+
+
+# ---------------------------------------------------------------- the body
+
+
+def _payload_reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        cause = exc.__cause__ or (exc.args[1] if len(exc.args) > 1 else None)
+        text = str(exc.args[0]) if exc.args else "incomplete body"
+        return f"{text}" + (f" [{cause}]" if cause and str(cause) not in text else "")
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    return str(exc) or type(exc).__name__
+
+
+async def iter_body(
+    response: aiohttp.ClientResponse,
+    url: str,
+    timeouts: Timeouts = Timeouts(),
+    *,
+    first: bytes = b"",
+    per_read: bool = False,
+) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive (``first``, if given, comes first).
+
+    The idle timeout is aiohttp's ``sock_read`` (set by :func:`open_post`); with
+    ``per_read=True`` each read is also wrapped in ``asyncio.wait_for(..., timeouts.read)``,
+    for responses opened elsewhere. Raises :class:`StreamTimeoutError` when no
+    byte came for ``timeouts.read`` seconds and :class:`TruncatedStreamError`
+    (``partial=""``: the caller knows the text so far) when the connection broke.
+    A clean end of the body just ends the iteration.
+    """
+    if first:
+        yield first
+    content = response.content
+    try:
+        if per_read and timeouts.read:
+            read, limit = content.readany, timeouts.read
+            while True:
+                chunk = await asyncio.wait_for(read(), limit)
+                if not chunk:
+                    return
+                yield chunk
+        else:
+            async for chunk in content.iter_any():
+                yield chunk
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        # (3.11+: asyncio.TimeoutError is TimeoutError; StreamTimeoutError is never raised inside.)
+        raise StreamTimeoutError(
+            f"the stream from {url} stalled: no bytes for read_timeout={timeouts.read:g} s"
+            if timeouts.read else f"the stream from {url} stalled (timed out)"
+        ) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+        raise TruncatedStreamError(f"the connection to {url} broke mid-stream: {_payload_reason(exc)}") from None

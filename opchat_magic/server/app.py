@@ -1,0 +1,290 @@
+"""The aiohttp application: routes, request checks, and which turn to play.
+
+Routes (all JSON unless streamed):
+
+* ``POST /wp-json/mwai-ui/v1/chats/submit``  AI Engine chat (PROTOCOL.md)
+* ``POST /wp-json/mwai/v1/start_session``    ``{success, sessionId, restNonce}``
+* ``POST /v1/chat/completions``              OpenAI-compatible chat
+* ``GET  /v1/models``                        one model, ``opchat-local``
+* ``GET  /_opchat/stats``                    counters; Authorization/nonce headers masked
+* ``POST /_opchat/fault``                    ``{"fault": NAME|null, "count": N|null, <knobs>}``
+* ``POST /_opchat/reset``                    zero the stats
+* ``POST /_opchat/expire_nonces``            make every issued nonce stale
+
+Checks happen in the plugin's order: the nonce (WordPress checks it before the
+plugin sees the request), then the body; a fault applies only to requests
+that passed them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any, Optional
+
+from aiohttp import web
+
+from . import faults as faults_mod
+from .replies import compose, prompt_tokens, split_chunks
+from .state import FAULT_TUNING, ServerState
+from .streaming import EventStream, Turn, answer
+from .wire import NONCE_INVALID, OPENAI_BAD_KEY, REJECTED, AIEngineWire, OpenAIWire, dumps
+
+__all__ = ["build_app", "STATE", "MAX_NEW_MESSAGE"]
+
+STATE = web.AppKey("opchat_state", ServerState)
+TASKS = web.AppKey("opchat_tasks", set)
+MAX_NEW_MESSAGE = 65_536  # the plugin rejects longer messages
+_COUNTED = {"submit", "start_session", "chat_completions", "models"}
+
+
+def _json(obj: Any, status: int = 200, **kw) -> web.Response:
+    return web.json_response(obj, status=status, dumps=dumps, **kw)
+
+
+async def _read_json(request: web.Request, wire) -> "tuple[Any, Optional[web.Response]]":
+    """(parsed body or None, an error response or None). Over max_body -> 413."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        msg = f"Request body larger than {request.app[STATE].config.max_body} bytes."
+        body = wire.error_body(413, msg)
+        # Close: the rest of the oversized body is still on its way.
+        return None, _json(body, 413, headers={"Connection": "close"})
+    try:
+        return json.loads(raw), None
+    except (ValueError, UnicodeDecodeError):
+        if isinstance(wire, AIEngineWire):
+            body = {"code": "rest_invalid_json", "message": "Invalid JSON body passed.", "data": {"status": 400}}
+        else:
+            body = wire.error_body(400, "We could not parse the JSON body of your request.")
+        return None, _json(body, 400)
+
+
+def _record(request: web.Request, endpoint: str, body: Any) -> None:
+    request.app[STATE].stats.request(endpoint, request.method, request.path, dict(request.headers), body)
+
+
+async def _play(request: web.Request, turn: Turn, fault_name: Optional[str]) -> web.StreamResponse:
+    state = request.app[STATE]
+    stream = EventStream(request, turn, state)
+    if fault_name is None:
+        return await stream.run(lambda s: answer(request, turn, s))
+    state.stats.fault(fault_name)
+    fault = faults_mod.FAULTS[fault_name]
+    return await stream.run(lambda s: fault.run(request, turn, s))
+
+
+def _choose_fault(state: ServerState, directive: Optional[str], dialect: str, stream: bool) -> Optional[str]:
+    # A directive names the fault for this request only; the server-wide one
+    # is left untouched for the next request.
+    if directive is not None:
+        return directive
+    return state.fault.take(lambda name: faults_mod.applies(name, dialect, stream))
+
+
+def _unknown_fault(wire, name: str) -> web.Response:
+    msg = f"Unknown fault {name!r}. Known faults: {', '.join(faults_mod.fault_names())}."
+    return _json(wire.error_body(400, msg), 400)
+
+
+def _make_turn(state: ServerState, endpoint: str, wire, messages: list, new_message: Optional[str], stream: bool):
+    cfg = state.config
+    text, directives = compose(messages, new_message, chunk_size=cfg.chunk_size)
+    turn = Turn(
+        endpoint=endpoint,
+        wire=wire,
+        chunks=split_chunks(text, directives.chunk or cfg.chunk_size),
+        delay=cfg.delay if directives.delay is None else directives.delay,
+        prompt_tokens=prompt_tokens(messages),
+        stream=stream,
+        config=cfg,
+        directives=directives,
+    )
+    return turn, directives
+
+
+# -- AI Engine ------------------------------------------------------------------
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    wire = AIEngineWire()
+    body, error = await _read_json(request, wire)
+    _record(request, "submit", body)
+    if error is not None:
+        return error
+    if state.config.require_nonce and not state.nonces.valid(request.headers.get("X-WP-Nonce")):
+        return _json(NONCE_INVALID, 403)
+    if not isinstance(body, dict):
+        return _json(REJECTED, 403)
+    new_message = body.get("newMessage")
+    bot = body.get("customId") if body.get("customId") is not None else body.get("botId")
+    if (
+        not isinstance(new_message, str)
+        or not new_message.strip()
+        or len(new_message) > MAX_NEW_MESSAGE
+        or bot not in state.config.bot_ids
+    ):
+        return _json(REJECTED, 403)
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    stream = bool(body.get("stream", False))
+    turn, directives = _make_turn(state, "submit", wire, messages, new_message, stream)
+    if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
+        return _unknown_fault(wire, directives.fault)
+    return await _play(request, turn, _choose_fault(state, directives.fault, wire.name, stream))
+
+
+async def start_session(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    # The plugin ignores the body; we keep it (if it is JSON) for the stats.
+    try:
+        body = json.loads(await request.read()) if request.can_read_body else None
+    except (ValueError, UnicodeDecodeError, web.HTTPRequestEntityTooLarge):
+        body = None
+    _record(request, "start_session", body)
+    return _json({"success": True, "sessionId": secrets.token_hex(7), "restNonce": state.nonces.issue()})
+
+
+# -- OpenAI-compatible -------------------------------------------------------------
+
+
+def _bad_key(request: web.Request) -> Optional[web.Response]:
+    key = request.app[STATE].config.api_key
+    if key is None:
+        return None
+    given = request.headers.get("Authorization", "")
+    if secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        return None
+    # The real API echoes a masked key; we echo nothing of it.
+    return _json(OPENAI_BAD_KEY, 401)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    n = state.next_id()
+    body, error = await _read_json(request, OpenAIWire(f"chatcmpl-{n}", state.config.model))
+    _record(request, "chat_completions", body)
+    denied = _bad_key(request)
+    if denied is not None:
+        return denied
+    if error is not None:
+        return error
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages:
+        wire = OpenAIWire(f"chatcmpl-{n}", state.config.model)
+        return _json(wire.error_body(400, "'messages' must be a non-empty array."), 400)
+    model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else state.config.model
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    stream = bool(body.get("stream", False))
+    wire = OpenAIWire(f"chatcmpl-{n}", model, include_usage=bool(options.get("include_usage")))
+    turn, directives = _make_turn(state, "chat_completions", wire, messages, None, stream)
+    if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
+        return _unknown_fault(wire, directives.fault)
+    return await _play(request, turn, _choose_fault(state, directives.fault, wire.name, stream))
+
+
+async def models(request: web.Request) -> web.Response:
+    _record(request, "models", None)
+    denied = _bad_key(request)
+    if denied is not None:
+        return denied
+    model = request.app[STATE].config.model
+    return _json({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "opchat-magic"}]})
+
+
+# -- admin (tests) ------------------------------------------------------------------
+
+
+def fault_status(state: ServerState) -> dict:
+    name, left = state.fault.peek()
+    return {"fault": name, "count": left}
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return _json({**state.stats.snapshot().to_json(mask=True), **fault_status(state)})
+
+
+async def set_fault(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _json({"error": "body must be JSON"}, 400)
+    if not isinstance(body, dict) or "fault" not in body:
+        return _json({"error": 'expected {"fault": NAME or null, "count": N or null}'}, 400)
+    name = body["fault"]
+    try:
+        state.config.tune(**{k: body[k] for k in FAULT_TUNING if k in body})
+        if name is None:
+            state.fault.clear()
+        elif name not in faults_mod.FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {', '.join(faults_mod.fault_names())}")
+        else:
+            count = body.get("count", 1)
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                raise ValueError("count must be an integer or null")
+            state.fault.set(name, count)
+    except (TypeError, ValueError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json(fault_status(state))
+
+
+async def reset_stats(request: web.Request) -> web.Response:
+    request.app[STATE].stats.reset()
+    return _json({"ok": True})
+
+
+async def expire_nonces(request: web.Request) -> web.Response:
+    request.app[STATE].nonces.expire()
+    return _json({"ok": True})
+
+
+# -- plumbing ---------------------------------------------------------------------
+
+
+@web.middleware
+async def track_tasks(request: web.Request, handler):
+    # Remembered so that stopping the server cancels open streams at once
+    # instead of waiting for a 60 s keepalive_only fault to end.
+    tasks = request.app[TASKS]
+    task = asyncio.current_task()
+    tasks.add(task)
+    try:
+        return await handler(request)
+    finally:
+        tasks.discard(task)
+
+
+async def _count_status(request: web.Request, response: web.StreamResponse) -> None:
+    route = request.match_info.route.name
+    transport = request.transport
+    # A connection we (or the client) already closed sends no status at all.
+    if route in _COUNTED and transport is not None and not transport.is_closing():
+        request.app[STATE].stats.status(response.status)
+
+
+def build_app(state: ServerState) -> web.Application:
+    app = web.Application(client_max_size=state.config.max_body, middlewares=[track_tasks])
+    app[STATE] = state
+    app[TASKS] = set()
+    app.on_response_prepare.append(_count_status)
+    r = app.router
+    r.add_post("/wp-json/mwai-ui/v1/chats/submit", submit, name="submit")
+    r.add_post("/wp-json/mwai/v1/start_session", start_session, name="start_session")
+    r.add_post("/v1/chat/completions", chat_completions, name="chat_completions")
+    r.add_get("/v1/models", models, name="models")
+    r.add_get("/_opchat/stats", stats, name="admin_stats")
+    r.add_post("/_opchat/fault", set_fault, name="admin_fault")
+    r.add_post("/_opchat/reset", reset_stats, name="admin_reset")
+    r.add_post("/_opchat/expire_nonces", expire_nonces, name="admin_expire_nonces")
+    return app
+
+
+async def cancel_open_requests(app: web.Application) -> None:
+    tasks = [t for t in app[TASKS] if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2)

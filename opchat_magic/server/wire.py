@@ -1,0 +1,127 @@
+"""How each endpoint spells things on the wire: events, final answers, errors.
+
+Two dialects with one interface, so the streaming code and the faults are
+written once: :class:`AIEngineWire` (the WordPress plugin, see PROTOCOL.md) and
+:class:`OpenAIWire` (``/v1/chat/completions``). A wire object is made per
+request because OpenAI chunks carry the request's id and model, and only the
+first one carries the assistant role.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+__all__ = ["sse", "dumps", "AIEngineWire", "OpenAIWire", "REJECTED", "NONCE_INVALID", "OPENAI_BAD_KEY"]
+
+
+def dumps(obj: Any) -> str:
+    # Compact like the examples in PROTOCOL.md; non-ASCII sent as UTF-8, and
+    # control characters (NUL included) escaped as JSON requires.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event: a ``data:`` line holding ``obj`` as JSON, then a blank line."""
+    return b"data: " + dumps(obj).encode("utf-8") + b"\n\n"
+
+
+# The plugin's own bodies, word for word.
+REJECTED = {"success": False, "message": "Sorry, your query has been rejected."}
+NONCE_INVALID = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
+OPENAI_BAD_KEY = {
+    "error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}
+}
+
+
+class AIEngineWire:
+    name = "aiengine"
+
+    def live(self, chunk: str) -> bytes:
+        return sse({"type": "live", "data": chunk})
+
+    def end_payload(self, reply: str, usage: dict) -> dict:
+        return {"success": True, "reply": reply, "images": None, "usage": usage}
+
+    def finish(self, reply: str, usage: dict) -> bytes:
+        # The end event's data is a JSON *string* holding the final answer.
+        return sse({"type": "end", "data": dumps(self.end_payload(reply, usage))})
+
+    def error_event(self, message: str) -> bytes:
+        return sse({"type": "error", "data": message})
+
+    def answer(self, reply: str, usage: dict) -> dict:
+        """The non-streamed answer (``stream: false``)."""
+        return self.end_payload(reply, usage)
+
+    def error_body(self, status: int, message: str) -> dict:
+        if status == 401:
+            return {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 401}}
+        if status == 403:
+            return dict(REJECTED)
+        return {"success": False, "message": message}
+
+
+_OPENAI_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
+}
+
+
+class OpenAIWire:
+    name = "openai"
+
+    def __init__(self, completion_id: str, model: str, include_usage: bool = False):
+        self.id = completion_id
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self._first = True
+
+    def _chunk(self, delta: dict, finish_reason=None) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+    def live(self, chunk: str) -> bytes:
+        delta = {"content": chunk}
+        if self._first:
+            # Only the first chunk names the role, as OpenAI does.
+            delta = {"role": "assistant", "content": chunk}
+            self._first = False
+        return sse(self._chunk(delta))
+
+    def finish(self, reply: str, usage: dict) -> bytes:
+        out = sse(self._chunk({}, "stop"))
+        if self.include_usage:
+            out += sse({**self._chunk({}), "choices": [], "usage": usage})
+        return out + b"data: [DONE]\n\n"
+
+    def error_event(self, message: str) -> bytes:
+        return sse({"error": {"message": message, "type": "server_error", "code": None}})
+
+    def answer(self, reply: str, usage: dict) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+            ],
+            "usage": usage,
+        }
+
+    def error_body(self, status: int, message: str) -> dict:
+        if status == 401:
+            return OPENAI_BAD_KEY
+        kind, code = _OPENAI_ERROR_TYPES.get(status, ("server_error", None))
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}

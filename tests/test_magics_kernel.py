@@ -1,0 +1,188 @@
+"""The magics in a real ipykernel, talking to the local server over 127.0.0.1."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from opchat_magic.server import LocalServer, reply_text
+from opchat_magic.testing.kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalServer(delay=0.005) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def kernel(server, tmp_path_factory):
+    notebook = tmp_path_factory.mktemp("nb") / "chat.ipynb"
+    k = Kernel(env={"JPY_SESSION_NAME": str(notebook)})
+    k.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fresh(kernel, server):
+    server.clear_fault()
+    kernel.run("%opchat_reset --all")
+    yield
+
+
+def user(*texts):
+    """The message list the server sees for a thread whose turns were `texts`."""
+    messages = []
+    for i, t in enumerate(texts):
+        messages.append({"role": "user", "content": t})
+        if i < len(texts) - 1:
+            messages.append({"role": "assistant", "content": reply_text(messages)})
+    return messages
+
+
+def test_reply_streams_incrementally_and_renders_markdown(kernel, server):
+    ex = kernel.run("%%opchat\nHello there [[chunks:80]] [[delay:0.02]]", timeout=60)
+    shown = ex.of_type("display_data", "update_display_data")
+    # The reply arrived over ~1.6 s; the frontend saw it grow, not appear at once.
+    times = [m["received"] for m in shown]
+    assert len(shown) >= 5
+    assert times[-1] - times[0] > 0.8
+    text = ex.markdown()
+    assert text.strip(), "no markdown output"
+    expected = reply_text([{"role": "user", "content": "Hello there [[chunks:80]]"}], chunk_size=server.config.chunk_size)
+    assert len(expected) == 80 * server.config.chunk_size
+    words = expected.split()
+    assert words[0] in text and words[-1].strip("`*") in text
+    # A footer with timings closes the reply.
+    assert "first chunk" in text
+    assert ex.error is None
+
+
+def test_history_threads_and_reset(kernel, server):
+    kernel.run("%%opchat\nfirst")
+    ex = kernel.run("%%opchat\nsecond")
+    assert reply_text(user("first", "second")) in ex.markdown()
+    other = kernel.run("%%opchat -t other\nelsewhere")
+    assert reply_text(user("elsewhere")) in other.markdown()
+    threads = kernel.run("%opchat_threads").markdown()
+    assert "default" in threads and "other" in threads
+    kernel.run("%opchat_reset")
+    again = kernel.run("%%opchat\nafresh")
+    assert reply_text(user("afresh")) in again.markdown()
+
+
+def test_reply_lands_in_underscore_and_output_variable(kernel):
+    kernel.run("topic = 'bread'")
+    kernel.run("%%opchat -o answer\nTell me about {topic} and {{braces}}")
+    expected = reply_text(user("Tell me about bread and {braces}"))
+    assert kernel.value("answer") == expected
+    assert kernel.value("_") == expected
+    # The reply is rendered, not echoed again as Out[n].
+    ex = kernel.run("%%opchat\nagain")
+    assert not ex.of_type("execute_result")
+
+
+def test_usage_errors_send_nothing(kernel, server):
+    before = server.stats.requests.get("submit", 0)
+    cases = {
+        "%%opchat\n   ": "empty",
+        "%%opchat --bogus\nhi": "unrecognized",
+        "%%opchat\nvalue of {nope}": "nope",
+        "%%opchat -p nosuchprovider\nhi": "nosuchprovider",
+        "%opchat_reset nosuchthread": "nosuchthread",
+    }
+    for code, word in cases.items():
+        ex = kernel.run(code, check=False)
+        assert ex.status == "error", code
+        assert ex.error["ename"] == "UsageError", (code, ex.error)
+        assert word.lower() in (ex.error["evalue"] + "".join(ex.error["traceback"])).lower(), (code, ex.error)
+    assert server.stats.requests.get("submit", 0) == before
+
+
+def test_server_error_is_shown_plainly_and_kept_out_of_history(kernel, server):
+    kernel.run("%%opchat\nkept")
+    server.set_fault("http_500", count=1)
+    ex = kernel.run("%%opchat\nthis one fails", check=False)
+    assert ex.status == "error"
+    assert ex.error["ename"] == "HTTPStatusError"
+    traceback = "\n".join(ex.error["traceback"])
+    assert "File " not in traceback and "aiohttp" not in traceback  # one sentence, no stack
+    assert "%opchat_retry" in traceback
+    # The failed turn is retried with one magic and then enters history once.
+    retry = kernel.run("%opchat_retry")
+    assert reply_text(user("kept", "this one fails")) in retry.markdown()
+    nxt = kernel.run("%%opchat\nafter")
+    assert reply_text(user("kept", "this one fails", "after")) in nxt.markdown()
+
+
+@pytest.fixture
+def restore_url(kernel, server):
+    yield
+    kernel.run(f"%config OpchatMagics.url = {server.url!r}")
+
+
+def test_unreachable_endpoint_says_how_to_fix_it(kernel, restore_url):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kernel.run(f"%config OpchatMagics.url = 'http://127.0.0.1:{port}'")
+    ex = kernel.run("%%opchat\nanyone there?", check=False, timeout=30)
+    assert ex.status == "error"
+    shown = ex.markdown() + "\n".join(ex.error["traceback"])
+    assert f"127.0.0.1:{port}" in shown
+    assert "opchat-magic serve" in shown
+    assert "File " not in "\n".join(ex.error["traceback"])
+
+
+def test_interrupt_closes_the_connection_and_keeps_the_kernel(kernel, server):
+    kernel.run("%%opchat\nbefore")
+    disconnects = server.stats.disconnects
+    execution = kernel.submit("%%opchat\nlong one [[chunks:400]] [[delay:0.05]]")
+    seen = []
+    interrupted_at = []
+
+    def on_message(msg):
+        seen.append(msg)
+        if len(seen) == 3 and not interrupted_at:
+            interrupted_at.append(time.monotonic())
+            kernel.interrupt()
+
+    kernel.collect(execution, timeout=60, on_message=on_message)
+    assert interrupted_at, "the reply never started"
+    assert execution.status == "error"
+    assert execution.error["ename"] == "StoppedError"
+    # The partial reply stays visible, marked as stopped.
+    assert "stopped" in execution.markdown().lower()
+    # The server saw the connection close within a second of the interrupt.
+    stats = server.wait_for(lambda st: st.disconnects > disconnects, timeout=3)
+    assert stats.disconnects == disconnects + 1
+    assert stats.disconnect_events[-1]["at"] - interrupted_at[0] < 1.0
+    # The kernel is usable and the stopped turn is not in the history sent next.
+    ex = kernel.run("%%opchat\nafter")
+    assert reply_text(user("before", "after")) in ex.markdown()
+
+
+def test_hostile_reply_is_escaped(kernel):
+    ex = kernel.run("%%opchat\nshow me [[html]]")
+    md = ex.markdown()
+    assert "<img" not in md and "<script" not in md
+    assert "javascript:" not in md.lower()
+
+
+def test_code_format_puts_code_in_next_cell(kernel):
+    ex = kernel.run("%%opchat -f code\nwrite code [[words:150]]")
+    payload = ex.reply["content"].get("payload", [])
+    assert any(p.get("source") == "set_next_input" and p.get("text", "").strip() for p in payload), payload
+
+
+def test_history_survives_kernel_restart(kernel, server):
+    kernel.run("%%opchat\nremember me")
+    kernel.restart()
+    kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
+    ex = kernel.run("%%opchat\ndo you?")
+    assert reply_text(user("remember me", "do you?")) in ex.markdown()
