@@ -77,11 +77,19 @@ class OpchatMagics(Magics):
         with self._conversation_lock:
             if self._conversation is None:
                 from .conversation import Conversation
-                from .store import Store, notebook_key
+                from .store import Store, StoreError, notebook_key
 
-                store = Store(self.history_db or None) if self.persist else None
+                store = None
+                if self.persist:
+                    try:
+                        store = Store(self.history_db or None)
+                    except (StoreError, OSError) as exc:
+                        # A damaged or unreadable history file must not stop the chat.
+                        import warnings
+
+                        warnings.warn(f"opchat: history is not saved this session: {exc}", stacklevel=2)
                 key = notebook_key(self.shell.user_ns if self.shell is not None else None)
-                self._conversation = Conversation(key, store=store, restore=self.persist)
+                self._conversation = Conversation(key, store=store, restore=store is not None)
             return self._conversation
 
     def _thread(self, name: Optional[str], create: bool = True):
