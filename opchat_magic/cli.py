@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.list_faults:
         for name in sorted(FAULTS):
-            print(f"{name:18} {FAULTS[name].doc.splitlines()[0]}")
+            print(f"{name:18} {' '.join(FAULTS[name].doc.split())}")
         return 0
     if args.fault is not None and args.fault not in FAULTS:
         print(f"opchat-magic: unknown fault {args.fault!r}; see --list-faults", file=sys.stderr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type, Union
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_RETRY_AFTER_IN_TEXT = re.compile(r"\(Retry-After: ([^)]{1,40})\)")
 
 ProviderSpec = Union[str, Type[AsyncGeneratorProvider], Tuple[Any, dict]]
 
@@ -109,6 +111,10 @@ def retry_after_seconds(exc: BaseException, now: Optional[float] = None) -> Opti
                 value = headers.get("Retry-After")
             except Exception:
                 value = None
+    if value is None:
+        # providers/http.py appends "(Retry-After: VALUE)" to the HTTPStatusError message.
+        found = _RETRY_AFTER_IN_TEXT.search(str(getattr(exc, "message", "") or exc))
+        value = found.group(1) if found else None
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -326,7 +326,8 @@ def providers_table() -> str:
                 yes(info.supports_stream),
                 yes(info.supports_message_history),
                 yes(info.supports_gpt_35_turbo),
-                _cell(info.default_model) or "",
+                _cell(info.default_model)
+                or ("first of GET /models" if getattr(info.cls, "discover_model", False) else ""),
                 _cell(info.url) or "",
                 _cell(info.source),
             )

@@ -46,7 +46,7 @@ async def _read_json(request: web.Request, wire) -> "tuple[Any, Optional[web.Res
     """(parsed body or None, an error response or None). Over max_body -> 413."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         msg = f"Request body larger than {request.app[STATE].config.max_body} bytes."
         body = wire.error_body(413, msg)
         # Close: the rest of the oversized body is still on its way.
@@ -162,22 +162,22 @@ def _bad_key(request: web.Request) -> Optional[web.Response]:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    n = state.next_id()
-    body, error = await _read_json(request, OpenAIWire(f"chatcmpl-{n}", state.config.model))
+    wire = OpenAIWire(f"chatcmpl-{state.next_id()}", state.config.model)
+    body, error = await _read_json(request, wire)
     _record(request, "chat_completions", body)
-    denied = _bad_key(request)
+    denied = _bad_key(request)  # OpenAI checks the key before anything else
     if denied is not None:
         return denied
     if error is not None:
         return error
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not messages:
-        wire = OpenAIWire(f"chatcmpl-{n}", state.config.model)
         return _json(wire.error_body(400, "'messages' must be a non-empty array."), 400)
-    model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else state.config.model
+    if isinstance(body.get("model"), str) and body["model"]:
+        wire.model = body["model"]  # echoed back, as local servers do
     options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    wire.include_usage = bool(options.get("include_usage"))
     stream = bool(body.get("stream", False))
-    wire = OpenAIWire(f"chatcmpl-{n}", model, include_usage=bool(options.get("include_usage")))
     turn, directives = _make_turn(state, "chat_completions", wire, messages, None, stream)
     if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
         return _unknown_fault(wire, directives.fault)

@@ -14,7 +14,8 @@ describes only the valid live text (``turn.reply``).
 ``Fault.dialects`` says which endpoints a fault makes sense for; a server-wide
 fault that does not apply to a request (an AI Engine-only one on
 ``/v1/chat/completions``, a stream-only one on a ``stream: false`` request) is
-neither used nor counted down. Knobs (``fault_delay``, ``huge_size``,
+neither used nor counted down. A ``[[fault:NAME]]`` directive is explicit and
+always applies (an SSE fault then answers a ``stream: false`` request with SSE). Knobs (``fault_delay``, ``huge_size``,
 ``trickle_interval``, ``keepalive_interval``, ``max_hang``) come from the
 server config; ``[[huge:N]]`` and ``[[chunks:N]]`` / ``[[delay:S]]`` override
 some per request.

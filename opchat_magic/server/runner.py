@@ -89,6 +89,8 @@ class LocalServer:
         history: int = 50,
     ):
         _check_fault(fault)
+        if isinstance(bot_ids, str):  # LocalServer(bot_ids="mybot") means one bot, not its letters
+            bot_ids = (bot_ids,)
         self.host = host
         self._requested_port = port
         self.config = ServerConfig(

@@ -42,9 +42,12 @@ class Stats:
     statuses:          HTTP status -> count, over those endpoints
     streams_started:   streamed responses whose headers went out
     completed:         streams that sent their final event (``end`` / ``[DONE]``)
-    disconnects:       streams the client closed before the end
+    disconnects:       chat requests whose client went away before the answer was
+                       complete (mostly streams; also a request waiting on a
+                       slow_first_byte / no_headers fault)
     disconnect_events: per disconnect ``{endpoint, at, wall, chunks_sent, how}``;
-                       ``how`` is ``"write"`` (a write failed) or ``"cancelled"``
+                       ``how`` is ``"write"`` (a write failed, or the socket
+                       was seen closed while waiting) or ``"cancelled"``
                        (aiohttp cancelled the handler when the socket closed);
                        the last 1,000 are kept
     active:            streams running right now
@@ -63,6 +66,9 @@ class Stats:
     active: int = 0
     faults: dict = field(default_factory=dict)
     recent: list = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> Any:  # stats["disconnects"] reads like the JSON form
+        return getattr(self, name)
 
     @property
     def bodies(self) -> list:

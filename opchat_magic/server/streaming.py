@@ -66,6 +66,7 @@ class EventStream:
         self.state = state
         self.resp: Optional[web.StreamResponse] = None
         self.chunks_sent = 0
+        self._counted = False  # counted in stats.active
         self.done = False  # the answer is complete, or we closed it on purpose
         # A fault may rewrite every byte on its way out (cr_only).
         self.transform: Optional[Callable[[bytes], bytes]] = None
@@ -84,7 +85,7 @@ class EventStream:
             self._client_left("cancelled")
             raise
         finally:
-            if self.resp is not None and self.resp.prepared:
+            if self._counted:
                 self.state.stats.stream_ended()
         # After a lost connection aiohttp's own write_eof fails quietly (ConnectionError).
         return self.resp if self.resp is not None else web.Response(status=204)
@@ -97,6 +98,7 @@ class EventStream:
         self.resp = web.StreamResponse(status=status, headers=headers or SSE_HEADERS)
         await self.resp.prepare(self.request)  # sends the headers now
         self.state.stats.stream_started()
+        self._counted = True
         return self.resp
 
     # -- writing -------------------------------------------------------------

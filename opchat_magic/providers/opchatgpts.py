@@ -1,0 +1,489 @@
+"""``Opchatgpts``: the AI Engine (WordPress "mwai-ui") chat endpoint, as in gpt4free.
+
+The public face is the gpt4free provider's (same class attributes, same
+``create_async_generator(model, messages, proxy=None, **kwargs)``, same request);
+the stream handling is stricter: every way a stream can be wrong is a typed
+error from :mod:`opchat_magic.errors`, never a silent partial success. The wire
+protocol is described in ``PROTOCOL.md``.
+
+Stream rules (one ``data:`` line of JSON per event):
+
+======================================  =========================================================
+event                                   what happens
+======================================  =========================================================
+``live``, no ``subtype`` or ``content``  its ``data`` string is yielded
+``live`` with another subtype           ignored (``thinking``, ``status``, ``debug``...), counted
+``end``                                 its ``data`` (a JSON string, or an object) becomes
+                                        ``reply.final``; ``reply.usage`` and ``reply.complete``
+                                        are set and reading stops. If no text was streamed,
+                                        ``final["reply"]`` is yielded once. ``success: false``
+                                        raises :class:`ServerError`.
+``error``                               :class:`ServerError` with the server's message
+an unknown ``type``                     ignored, for forward compatibility, and counted
+not JSON / no ``type`` / not an object  :class:`StreamError` naming the line (``.line``)
+``live`` without string ``data``        :class:`StreamError` naming the line
+the body ends before ``end``            :class:`TruncatedStreamError` (``.partial`` = text so far)
+======================================  =========================================================
+
+Ignored events are counted in ``reply.final["_ignored_events"]`` (``{"mystery": 1,
+"live/thinking": 12}``), a key present only when something was ignored; the
+rest of ``reply.final`` is the server's payload as sent.
+
+Bodies that are not event streams are recognised by their first bytes (some
+PHP hosts label a stream ``text/html``): a JSON object (the non-streamed answer
+``{success, reply, usage}``) is accepted and yielded once; an HTML page or
+anything else raises :class:`NotAnEndpointError`; an empty body raises
+:class:`TruncatedStreamError`. Connection failures, timeouts and HTTP errors are
+mapped by :mod:`opchat_magic.providers.http`. A :class:`StreamTimeoutError`
+raised mid-stream also carries ``.partial``.
+
+Keep-alive comments (``: ping``) count as bytes for ``read_timeout``: a server
+that only ever sends keep-alives holds the stream open until it closes it
+(then: :class:`TruncatedStreamError`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Optional
+
+from ..errors import (
+    HTTPStatusError,
+    NotAnEndpointError,
+    ServerError,
+    StreamError,
+    StreamTimeoutError,
+    TruncatedStreamError,
+    redact,
+)
+from .base import AsyncGeneratorProvider, Messages, Reply, ReplyStream, Usage
+
+__all__ = ["Opchatgpts", "SUBMIT_PATH", "SESSION_PATH", "random_chat_id", "validate_messages"]
+
+SUBMIT_PATH = "/wp-json/mwai-ui/v1/chats/submit"
+SESSION_PATH = "/wp-json/mwai/v1/start_session"
+REFERER_PATH = "/chatgpt-free-use/"
+
+# The longest piece of an offending line quoted in an error message (``.line`` keeps all of it).
+LINE_SNIPPET = 200
+
+_CHAT_ID_CHARS = string.ascii_lowercase + string.digits
+
+# The C scanner under json.loads (strict: raw control characters are errors, as in loads).
+_scan_once = json.JSONDecoder().scan_once
+
+
+def random_chat_id(length: int = 10) -> str:
+    """A new conversation id: ``length`` characters of ``[a-z0-9]`` (gpt4free's get_random_string)."""
+    return "".join(random.choices(_CHAT_ID_CHARS, k=length))
+
+
+def validate_messages(messages: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming what is wrong with ``messages``."""
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(
+            f"messages must be a list of {{'role': str, 'content': str}} dicts, not {type(messages).__name__}"
+        )
+    if not messages:
+        raise ValueError("messages is empty: at least one message is needed (the last one is sent as newMessage)")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content', not {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"messages[{i}] has no {key!r} key")
+            if not isinstance(message[key], str):
+                raise TypeError(f"messages[{i}][{key!r}] must be a str, not {type(message[key]).__name__}")
+
+
+def _snippet(line: str) -> str:
+    if len(line) <= LINE_SNIPPET:
+        return repr(line)
+    return f"{line[:LINE_SNIPPET]!r}... ({len(line)} chars)"
+
+
+@dataclass
+class _Request:
+    """Everything one turn sends, resolved and validated before the first await."""
+
+    base_url: str
+    endpoint: str
+    headers: dict
+    payload: dict
+    nonce: Optional[str]  # None, "auto" or the nonce itself
+    session: Any
+    timeouts: Any
+    secrets: tuple = field(default_factory=tuple)
+
+
+class Opchatgpts(AsyncGeneratorProvider):
+    """The opchatgpts.net chatbot (WordPress + AI Engine), or any AI Engine site.
+
+    ``working = False``: opchatgpts.net itself is offline (it no longer answers
+    the endpoint), as gpt4free marks it. Point the provider at a live AI Engine
+    site or at the local server with ``url=`` / ``OPCHAT_URL`` /
+    ``Opchatgpts.url = ...``.
+
+    Keywords of :meth:`create_async_generator` (unknown ones are ignored, as in
+    gpt4free, so one kwargs dict can serve several providers):
+
+    url              site base URL; default: env ``OPCHAT_URL``, else the class's ``url``
+    bot_id           ``botId`` (default ``"default"``)
+    context_id       ``contextId``, the WordPress post hosting the bot (default 28)
+    custom_id        ``customId`` (default None)
+    chat_id          ``chatId``; default a new random 10-char ``[a-z0-9]`` id per call
+    nonce            None (no ``X-WP-Nonce``), ``"auto"`` (POST ``start_session`` and
+                     use its ``restNonce``), or the nonce string to send
+    headers          extra request headers (merged over the browser-like defaults)
+    session          an ``aiohttp.ClientSession`` to reuse (else one per call, closed after)
+    connect_timeout  seconds to connect (default 10; None: no limit)
+    read_timeout     seconds without any byte before giving up (default 60; None: no limit)
+    """
+
+    url = "https://opchatgpts.net"
+    working = False
+    supports_message_history = True
+    supports_gpt_35_turbo = True
+    supports_stream = True
+    default_model = "gpt-3.5-turbo"
+
+    # ---------------------------------------------------------------- request
+
+    @classmethod
+    def resolve_url(cls, url: Optional[str] = None) -> str:
+        """The site base URL: ``url`` > env ``OPCHAT_URL`` > ``cls.url``; no trailing slash.
+
+        A full submit URL is accepted too (its ``/wp-json/...`` path is dropped).
+        """
+        base = url or os.environ.get("OPCHAT_URL") or cls.url
+        if not isinstance(base, str) or not base.strip():
+            raise ValueError("no URL: pass url=..., set OPCHAT_URL, or set Opchatgpts.url")
+        base = base.strip().rstrip("/")
+        if base.endswith(SUBMIT_PATH):
+            base = base[: -len(SUBMIT_PATH)]
+        if not base.lower().startswith(("http://", "https://")):
+            raise ValueError(f"the URL must start with http:// or https://, got {base!r}")
+        return base
+
+    @classmethod
+    def build_headers(cls, base_url: str) -> dict:
+        """The original provider's browser-like headers (PROTOCOL.md)."""
+        from .http import BROWSER_USER_AGENT
+
+        return {
+            "User-Agent": BROWSER_USER_AGENT,
+            "Accept": "*/*",
+            "Origin": base_url,
+            "Referer": base_url + REFERER_PATH,
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+        }
+
+    @classmethod
+    def build_payload(cls, messages: Messages, *, bot_id: str = "default", context_id: Any = 28,
+                      custom_id: Any = None, chat_id: Optional[str] = None) -> dict:
+        """The submit body, field for field as PROTOCOL.md and the original provider."""
+        return {
+            "botId": bot_id,
+            "chatId": chat_id if chat_id is not None else random_chat_id(),
+            "contextId": context_id,
+            "customId": custom_id,
+            "messages": list(messages),
+            "newMessage": messages[-1]["content"],
+            "session": "N/A",
+            "stream": True,
+        }
+
+    @classmethod
+    def _prepare(cls, messages: Messages, proxy: Optional[str], kwargs: dict) -> _Request:
+        from .http import Timeouts, collect_secrets
+
+        validate_messages(messages)
+        base = cls.resolve_url(kwargs.get("url"))
+        bot_id = kwargs.get("bot_id", "default")
+        if not isinstance(bot_id, str):
+            raise TypeError(f"bot_id must be a str, not {type(bot_id).__name__}")
+        chat_id = kwargs.get("chat_id")
+        if chat_id is not None and not isinstance(chat_id, str):
+            raise TypeError(f"chat_id must be a str or None, not {type(chat_id).__name__}")
+        nonce = kwargs.get("nonce")
+        if nonce is not None and not isinstance(nonce, str):
+            raise TypeError(f"nonce must be None, 'auto' or the nonce string, not {type(nonce).__name__}")
+        headers = cls.build_headers(base)
+        extra = kwargs.get("headers")
+        if extra:
+            headers.update(extra)
+        if nonce is not None and nonce != "auto":
+            headers["X-WP-Nonce"] = nonce
+        payload = cls.build_payload(
+            messages,
+            bot_id=bot_id,
+            context_id=kwargs.get("context_id", 28),
+            custom_id=kwargs.get("custom_id"),
+            chat_id=chat_id,
+        )
+        return _Request(
+            base_url=base,
+            endpoint=base + SUBMIT_PATH,
+            headers=headers,
+            payload=payload,
+            nonce=nonce,
+            session=kwargs.get("session"),
+            timeouts=Timeouts.from_kwargs(kwargs, pop=False),
+            secrets=collect_secrets(headers, proxy, extra=(nonce if nonce != "auto" else None,)),
+        )
+
+    @classmethod
+    def create_async_generator(
+        cls, model: str, messages: Messages, proxy: Optional[str] = None, **kwargs: Any
+    ) -> ReplyStream:
+        """A :class:`ReplyStream` of the reply's text chunks (``stream.reply`` holds the rest).
+
+        Arguments are checked here, before anything is sent: bad ``messages``
+        raise ``TypeError``/``ValueError`` at once, not on the first chunk.
+        """
+        kwargs["_request"] = cls._prepare(messages, proxy, kwargs)
+        return super().create_async_generator(model, messages, proxy, **kwargs)
+
+    @classmethod
+    async def _fetch_nonce(cls, session, req: _Request, proxy: Optional[str]) -> str:
+        from .http import post_json
+
+        url = req.base_url + SESSION_PATH
+        answer = await post_json(session, url, json={}, headers=req.headers, proxy=proxy,
+                                 timeouts=req.timeouts, secrets=req.secrets)
+        nonce = answer.get("restNonce") if isinstance(answer, dict) else None
+        if not isinstance(nonce, str) or not nonce:
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise ServerError(
+                f"{url} gave no restNonce"
+                + (f": {redact(str(message), req.secrets)}" if message else "")
+                + ". Sites on AI Engine < 2.4.4 have no start_session; pass nonce=None, or the page's restNonce."
+            )
+        return nonce
+
+    # ---------------------------------------------------------------- stream
+
+    @classmethod
+    async def _stream(cls, model, messages, proxy, reply: Reply, **kwargs) -> AsyncIterator[str]:
+        from ..sse import aiter_events
+        from .http import is_event_stream, iter_body, open_post, session_scope
+
+        req: _Request = kwargs.get("_request") or cls._prepare(messages, proxy, kwargs)
+        url = req.endpoint
+        try:
+            async with session_scope(req.session) as session:
+                headers = req.headers
+                secrets = req.secrets
+                if req.nonce == "auto":
+                    nonce = await cls._fetch_nonce(session, req, proxy)
+                    headers = {**headers, "X-WP-Nonce": nonce}
+                    secrets = (nonce,) + secrets
+                async with open_post(session, url, json=req.payload, headers=headers, proxy=proxy,
+                                     timeouts=req.timeouts, secrets=secrets) as response:
+                    first = b""
+                    if not is_event_stream(response):
+                        first = await cls._sniff_body(response, url, req, secrets, reply)
+                        if first is None:  # a complete non-streamed answer, now in reply.final
+                            text = reply.final.get("reply")
+                            if text:
+                                yield text
+                            return
+                    body = iter_body(response, url, req.timeouts, first=first)
+                    events = aiter_events(body)
+                    # The hot loop. Per event: one json.loads, a "type" check, a yield;
+                    # everything unusual leaves the fast path.
+                    scan = _scan_once
+                    streamed = False
+                    ignored = None
+                    try:
+                        async for event in events:
+                            data = event.data
+                            # json.loads minus its wrappers: the C scanner parses one
+                            # value at index 0; anything unusual (whitespace around
+                            # it, trailing data, broken JSON, no "type") takes the
+                            # slow path, which decides with json.loads itself.
+                            try:
+                                obj, end = scan(data, 0)
+                                kind = obj["type"] if end == len(data) else None
+                            except Exception:
+                                kind = None
+                            if kind is None:
+                                obj, kind = cls._decode_slow(data, url, secrets)
+                            if kind == "live":
+                                text = obj.get("data")
+                                if text.__class__ is str and "subtype" not in obj:
+                                    streamed = True
+                                    yield text
+                                    continue
+                                if not isinstance(text, str):
+                                    raise cls._bad_live(data, url, secrets)
+                                subtype = obj.get("subtype")
+                                if subtype is None or subtype == "content":
+                                    streamed = True
+                                    yield text
+                                    continue
+                                ignored = cls._count(ignored, f"live/{subtype}")
+                            elif kind == "end":
+                                final = cls._parse_end(obj, data, url, secrets)
+                                if ignored:
+                                    final["_ignored_events"] = ignored
+                                reply.final = final
+                                reply.usage = Usage.from_dict(final.get("usage"))
+                                reply.complete = True
+                                text = final.get("reply")
+                                if not streamed and isinstance(text, str) and text:
+                                    yield text
+                                return
+                            elif kind == "error":
+                                raise ServerError(cls._error_text(obj.get("data"), url, secrets))
+                            else:  # unknown: ignored for forward compatibility, counted
+                                ignored = cls._count(ignored, kind if isinstance(kind, str) else repr(kind))
+                    finally:
+                        await events.aclose()
+                        await body.aclose()
+                    raise TruncatedStreamError(
+                        f"the stream from {url} ended before its end event: the reply is incomplete"
+                        + (f" ({len(reply.chunks)} chunks received)" if streamed else " (no text received)"),
+                        partial=reply.text,
+                    )
+        except HTTPStatusError as exc:
+            raise cls._status_hint(exc, req) from None
+        except (TruncatedStreamError, StreamTimeoutError) as exc:
+            if not getattr(exc, "partial", ""):
+                exc.partial = reply.text
+            raise
+
+    # ---------------------------------------------------------------- the slow paths
+
+    @classmethod
+    def _decode_slow(cls, data: str, url: str, secrets: tuple) -> "tuple[dict, Any]":
+        """(object, type) of a data line the fast path did not take, or the StreamError."""
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("type") is not None:
+            return obj, obj["type"]
+        raise cls._bad_line(data, url, secrets)
+
+    @staticmethod
+    def _bad_line(data: str, url: str, secrets: tuple) -> StreamError:
+        line = redact(data, secrets)
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            what = "is not JSON"
+        else:
+            what = "has no \"type\"" if isinstance(obj, dict) else f"is JSON {type(obj).__name__}, not an object"
+        return StreamError(f"broken stream from {url}: a data line {what}: {_snippet(line)}", line=line)
+
+    @staticmethod
+    def _count(ignored: Optional[dict], key: str) -> dict:
+        ignored = ignored if ignored is not None else {}
+        ignored[key] = ignored.get(key, 0) + 1
+        return ignored
+
+    @staticmethod
+    def _bad_live(data: str, url: str, secrets: tuple) -> StreamError:
+        line = redact(data, secrets)
+        return StreamError(
+            f"broken stream from {url}: a live event without string data: {_snippet(line)}", line=line
+        )
+
+    @staticmethod
+    def _parse_end(obj: dict, line: str, url: str, secrets: tuple) -> dict:
+        raw = obj.get("data")
+        final = raw
+        if isinstance(raw, str):
+            try:
+                final = json.loads(raw)
+            except ValueError:
+                final = None
+        if not isinstance(final, dict):
+            red = redact(line, secrets)
+            raise StreamError(
+                f"broken stream from {url}: the end event's data is not a JSON object: {_snippet(red)}", line=red
+            )
+        if final.get("success") is False:
+            message = final.get("message") or final.get("reply") or "the end event reports success: false"
+            raise ServerError(f"{url} reported a failure: {redact(str(message), secrets)}")
+        return final
+
+    @staticmethod
+    def _error_text(data: Any, url: str, secrets: tuple) -> str:
+        if isinstance(data, dict):
+            data = data.get("message") or data.get("error") or json.dumps(data)
+        message = data if isinstance(data, str) and data else "an error event without a message"
+        return f"{url} sent an error: {redact(message, secrets)}"
+
+    @staticmethod
+    def _status_hint(exc: HTTPStatusError, req: _Request) -> HTTPStatusError:
+        if exc.status in (401, 403) and "nonce" in str(exc.message).lower():
+            hint = (
+                " - this site wants a REST nonce: pass nonce='auto'" if req.nonce is None
+                else " - the nonce was refused (stale?): pass nonce='auto' for a fresh one"
+                if req.nonce != "auto" else " - even a fresh nonce from start_session was refused"
+            )
+            return HTTPStatusError(exc.url, exc.status, str(exc.message) + hint)
+        return exc
+
+    @classmethod
+    async def _sniff_body(cls, response, url: str, req: _Request, secrets: tuple, reply: Reply) -> Optional[bytes]:
+        """A body not labelled ``text/event-stream``: look at its first bytes.
+
+        Returns the bytes read (to be fed to the SSE decoder first) when it is an
+        event stream after all; ``None`` after accepting a non-streamed JSON
+        answer (``reply`` filled in); raises for anything else.
+        """
+        from .http import MAX_JSON_BODY, iter_body, not_an_endpoint, read_body, sniff
+
+        first = b""
+        body = iter_body(response, url, req.timeouts)
+        try:
+            async for chunk in body:
+                first += chunk
+                if first.strip() or len(first) > 4096:
+                    break
+        finally:
+            await body.aclose()
+        kind = sniff(first)
+        if kind == "sse":
+            return first
+        if kind == "empty":
+            raise TruncatedStreamError(f"{url} answered HTTP {response.status} with an empty body", partial="")
+        if kind != "json":
+            rest = first
+            if len(rest) < 2048 and not response.content.at_eof():
+                try:
+                    rest = first + await response.content.read(2048)
+                except Exception:
+                    pass
+            raise not_an_endpoint(url, response, rest, secrets)
+        try:
+            raw = await read_body(response, MAX_JSON_BODY, first)
+        except ValueError:
+            raise NotAnEndpointError(f"{url} answered with a JSON body over {MAX_JSON_BODY} bytes") from None
+        except Exception as exc:
+            raise TruncatedStreamError(f"the JSON answer from {url} broke off: {exc}") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise not_an_endpoint(url, response, raw[:2048], secrets, expected="a JSON answer or a") from None
+        if not isinstance(answer, dict):
+            raise not_an_endpoint(url, response, raw[:2048], secrets, expected="a JSON answer or a")
+        if answer.get("success") is False:
+            message = answer.get("message") or "success: false"
+            raise ServerError(f"{url} reported a failure: {redact(str(message), secrets)}")
+        if not isinstance(answer.get("reply"), str):
+            raise StreamError(
+                f"{url} answered with JSON that holds no reply: {_snippet(redact(raw[:2048].decode('utf-8', 'replace'), secrets))}"
+            )
+        reply.final = answer
+        reply.usage = Usage.from_dict(answer.get("usage"))
+        reply.complete = True
+        return None

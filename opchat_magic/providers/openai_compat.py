@@ -1,0 +1,529 @@
+"""OpenAI-compatible chat completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio.
+
+``POST {base_url}/chat/completions`` with ``"stream": true`` and
+``"stream_options": {"include_usage": true}``; the answer is server-sent events
+whose data is a JSON chunk, ending with ``data: [DONE]``::
+
+    data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}
+    data: {"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}
+    data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+    data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}
+    data: [DONE]
+
+How the stream is read:
+
+* ``choices[0].delta.content`` is yielded when it is a non-empty string; role-only
+  and empty deltas are skipped.
+* ``usage`` (on any chunk; the last one wins) becomes ``reply.usage``.
+* ``finish_reason`` is kept in ``reply.final["finish_reason"]``.
+* ``[DONE]`` completes the reply. A stream that ends without ``[DONE]`` but
+  after a ``finish_reason`` is complete too (older llama.cpp omits it); one that
+  ends with neither raises :class:`TruncatedStreamError` with the partial text.
+* ``{"error": {...}}`` as an event raises :class:`ServerError`; as a body with an
+  HTTP status, :class:`HTTPStatusError` with the server's message. A 401 says
+  which variables hold the key, never the key.
+* A non-streamed JSON answer (``choices[0].message.content``) is accepted.
+
+Configuration, first match wins:
+
+* base URL: ``base_url=`` > ``OPCHAT_BASE_URL`` > ``OPENAI_BASE_URL`` > the class's
+  ``url`` (the aliases' local defaults) > ``https://api.openai.com/v1``
+* API key: ``api_key=`` > ``OPCHAT_API_KEY`` > ``OPENAI_API_KEY`` > none (no
+  ``Authorization`` header at all: Ollama and llama.cpp need none)
+* model: the ``model`` argument > ``OPCHAT_MODEL`` > the class fallback
+  (``gpt-4o-mini`` for :class:`OpenAICompatible`; the aliases ask the server's
+  ``GET /models`` once per base URL and use the first model it lists)
+
+Other keywords: ``temperature``, ``max_tokens``, ``top_p`` (sent only when
+given), ``extra_body`` (a dict merged into the request), ``headers`` (extra
+request headers), ``include_usage`` (False drops ``stream_options`` for servers
+that reject it), ``session`` (an ``aiohttp.ClientSession`` to reuse),
+``connect_timeout`` / ``read_timeout`` (seconds, see ``providers/http.py``).
+Unknown keywords are ignored, as in gpt4free, so one kwargs dict can serve
+several providers (failover).
+
+Proxies: ``proxy=`` goes to aiohttp; without it ``HTTP_PROXY`` / ``HTTPS_PROXY``
+/ ``NO_PROXY`` apply (``trust_env=True``). A custom CA bundle in
+``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` is used even when set after aiohttp was
+imported (aiohttp builds its default SSL context once, at import time).
+
+The API key never appears in a repr, an error message, a log line or the
+:class:`Reply`: server messages are passed through ``errors.redact`` and no
+error carries the request headers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import threading
+from typing import Any, AsyncIterator, Optional
+
+import aiohttp
+
+from ..errors import (
+    HTTPStatusError,
+    NotAnEndpointError,
+    OpchatError,
+    ServerError,
+    StreamError,
+    StreamTimeoutError,
+    TruncatedStreamError,
+    redact,
+)
+from ..sse import DEFAULT_MAX_LINE_BYTES, EventDecoder, LineDecoder
+from .base import AsyncGeneratorProvider, Usage
+from .http import (
+    MAX_JSON_BODY,
+    Timeouts,
+    collect_secrets,
+    is_event_stream,
+    iter_body,
+    not_an_endpoint,
+    open_post,
+    read_body,
+    sniff,
+    snippet,
+)
+
+__all__ = [
+    "OpenAICompatible",
+    "Ollama",
+    "LlamaCpp",
+    "LMStudio",
+    "VLLM",
+    "OPENAI_DEFAULT_BASE_URL",
+    "ssl_context_from_env",
+]
+
+log = logging.getLogger(__name__)
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+BASE_URL_ENV = ("OPCHAT_BASE_URL", "OPENAI_BASE_URL")
+API_KEY_ENV = ("OPCHAT_API_KEY", "OPENAI_API_KEY")
+MODEL_ENV = "OPCHAT_MODEL"
+
+# Sampling options sent only when the caller gives them.
+PASSTHROUGH = ("temperature", "max_tokens", "top_p")
+
+_KEY_HINT = (
+    "Check the API key in OPCHAT_API_KEY or OPENAI_API_KEY (or the api_key= argument); "
+    "local servers such as Ollama and llama.cpp need none."
+)
+
+
+def _env(names) -> Optional[str]:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+class _ModelDefault:
+    """``cls.default_model``, read when asked: ``OPCHAT_MODEL`` if set, else the class fallback."""
+
+    def __get__(self, obj, owner) -> str:
+        return os.environ.get(MODEL_ENV, "").strip() or (owner.fallback_model or "")
+
+
+# ---------------------------------------------------------------- TLS
+
+
+_ssl_lock = threading.Lock()
+_ssl_cache: dict = {}
+
+
+def ssl_context_from_env() -> Optional[ssl.SSLContext]:
+    """A verifying SSL context trusting ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, or None if neither is set.
+
+    aiohttp's default context is built when aiohttp is imported, so a CA bundle
+    set later (in a notebook cell, say) would be ignored without this. Contexts
+    are cached per (file, dir, file mtime). A file that cannot be read raises
+    ``ssl.SSLError`` / ``OSError`` naming it.
+    """
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if not cafile and not capath:
+        return None
+    try:
+        mtime = os.stat(cafile).st_mtime_ns if cafile else None
+    except OSError as exc:
+        raise OSError(f"SSL_CERT_FILE={cafile!r} cannot be read: {exc.strerror or exc}") from None
+    key = (cafile, capath, mtime)
+    with _ssl_lock:
+        ctx = _ssl_cache.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=cafile, capath=capath)
+            _ssl_cache.clear()
+            _ssl_cache[key] = ctx
+        return ctx
+
+
+class _Session:
+    """The caller's session, or a new ``trust_env=True`` one (with the env CA bundle) closed on exit."""
+
+    def __init__(self, session: Optional[aiohttp.ClientSession]):
+        self._given = session
+        self._own: Optional[aiohttp.ClientSession] = None
+
+    async def __aenter__(self) -> aiohttp.ClientSession:
+        if self._given is not None:
+            return self._given
+        ctx = ssl_context_from_env()
+        connector = aiohttp.TCPConnector(ssl=ctx) if ctx is not None else None
+        self._own = aiohttp.ClientSession(trust_env=True, connector=connector)
+        return self._own
+
+    async def __aexit__(self, *exc) -> None:
+        if self._own is not None:
+            await self._own.close()
+
+
+# ---------------------------------------------------------------- the provider
+
+
+class OpenAICompatible(AsyncGeneratorProvider):
+    """Any server that speaks OpenAI's ``/v1/chat/completions`` with streaming."""
+
+    url: Optional[str] = None  # None: resolve from the environment, then OpenAI's URL
+    working = True
+    supports_stream = True
+    supports_message_history = True
+    supports_gpt_35_turbo = True
+    fallback_model: Optional[str] = "gpt-4o-mini"
+    default_model = _ModelDefault()
+    # Ask GET {base_url}/models for a model when none is given or configured.
+    discover_model = False
+    _discovered: dict = {}
+
+    # -- configuration --------------------------------------------------------
+
+    @classmethod
+    def resolve_base_url(cls, base_url: Optional[str] = None) -> str:
+        """``base_url`` > OPCHAT_BASE_URL > OPENAI_BASE_URL > ``cls.url`` > OpenAI; no trailing slash."""
+        url = (base_url or "").strip() or _env(BASE_URL_ENV) or cls.url or OPENAI_DEFAULT_BASE_URL
+        return url.rstrip("/")
+
+    @classmethod
+    def resolve_api_key(cls, api_key: Optional[str] = None) -> Optional[str]:
+        """``api_key`` > OPCHAT_API_KEY > OPENAI_API_KEY > None."""
+        if api_key is not None and str(api_key).strip():
+            return str(api_key).strip()
+        return _env(API_KEY_ENV)
+
+    @classmethod
+    def build_request(
+        cls, model: str, messages: list, *, api_key: Optional[str] = None,
+        include_usage: bool = True, extra_body: Optional[dict] = None,
+        headers: Optional[dict] = None, **options: Any,
+    ) -> "tuple[dict, dict]":
+        """The (headers, JSON body) of a streaming request."""
+        body: dict = {"model": model, "messages": list(messages), "stream": True}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        for name in PASSTHROUGH:
+            value = options.get(name)
+            if value is not None:
+                body[name] = value
+        if extra_body:
+            body.update(extra_body)
+        request_headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if headers:
+            request_headers.update(headers)
+        if api_key:
+            request_headers["Authorization"] = f"Bearer {api_key}"
+        return request_headers, body
+
+    # -- streaming ------------------------------------------------------------
+
+    @classmethod
+    async def _stream(cls, model, messages, proxy, reply, **kwargs) -> AsyncIterator[str]:
+        timeouts = Timeouts.from_kwargs(kwargs)
+        session = kwargs.pop("session", None)
+        base_url = cls.resolve_base_url(kwargs.pop("base_url", None))
+        api_key = cls.resolve_api_key(kwargs.pop("api_key", None))
+        include_usage = kwargs.pop("include_usage", True)
+        extra_body = kwargs.pop("extra_body", None)
+        extra_headers = kwargs.pop("headers", None)
+        max_line_bytes = kwargs.pop("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+        options = {name: kwargs.pop(name) for name in PASSTHROUGH if name in kwargs}
+        if kwargs:
+            log.debug("%s ignores keyword arguments %s", cls.__name__, sorted(kwargs))
+        url = base_url + "/chat/completions"
+
+        async with _Session(session) as http:
+            if not model:
+                model = cls.default_model or ""
+                if not model and cls.discover_model:
+                    model = await cls._discover(http, base_url, api_key, proxy, timeouts)
+                model = model or "default"
+                reply.model = model
+            headers, body = cls.build_request(
+                model, messages, api_key=api_key, include_usage=include_usage,
+                extra_body=extra_body, headers=extra_headers, **options,
+            )
+            secrets = collect_secrets(headers, proxy, extra=(api_key,))
+            try:
+                async with open_post(http, url, json=body, headers=headers, proxy=proxy,
+                                     timeouts=timeouts, secrets=secrets) as response:
+                    if is_event_stream(response):
+                        chunks = iter_body(response, url, timeouts)
+                    else:
+                        first = await _first_bytes(response, url, timeouts)
+                        kind = sniff(first)
+                        if kind == "json":
+                            async for text in _json_answer(response, url, first, timeouts, reply, secrets):
+                                yield text
+                            return
+                        if kind != "sse":
+                            raise not_an_endpoint(url, response, first, secrets)
+                        chunks = iter_body(response, url, timeouts, first=first)
+                    try:
+                        async for text in _read_events(chunks, url, reply, secrets, max_line_bytes):
+                            yield text
+                    except TruncatedStreamError as exc:
+                        if exc.partial or not reply.chunks:
+                            raise
+                        # iter_body does not know the text: give the caller what was streamed so far.
+                        raise TruncatedStreamError(str(exc), partial=reply.text) from None
+                    finally:
+                        await chunks.aclose()
+            except HTTPStatusError as exc:
+                raise _explain_status(exc, base_url, secrets) from None
+
+    @classmethod
+    async def _discover(cls, http, base_url, api_key, proxy, timeouts) -> str:
+        """The first model of ``GET {base_url}/models`` (cached per URL); "" when that fails."""
+        cached = cls._discovered.get(base_url)
+        if cached:
+            return cached
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        try:
+            async with http.get(base_url + "/models", headers=headers, proxy=proxy,
+                                timeout=timeouts.client_timeout()) as response:
+                if response.status != 200:
+                    return ""
+                data = json.loads(await read_body(response, 1 << 20))
+            models = data.get("data") if isinstance(data, dict) else None
+            first = models[0].get("id") if isinstance(models, list) and models and isinstance(models[0], dict) else None
+        except (aiohttp.ClientError, OSError, ValueError, asyncio.TimeoutError):
+            return ""  # the chat request that follows reports the real problem
+        if isinstance(first, str) and first:
+            cls._discovered[base_url] = first
+            return first
+        return ""
+
+
+async def _first_bytes(response: aiohttp.ClientResponse, url: str, timeouts: Timeouts) -> bytes:
+    """The first non-empty read of the body (b"" for an empty body), errors typed like iter_body's."""
+    body = iter_body(response, url, timeouts)
+    try:
+        async for chunk in body:
+            if chunk:
+                return chunk
+        return b""
+    finally:
+        await body.aclose()
+
+
+def _explain_status(exc: HTTPStatusError, base_url: str, secrets) -> HTTPStatusError:
+    """Add what to check to the server's message (401: the key variables; 404: the /v1 suffix)."""
+    message = redact(str(exc.message), secrets)
+    if exc.status == 401:
+        message = f"{message}. {_KEY_HINT}"
+    elif exc.status == 404 and not base_url.endswith("/v1"):
+        message = (f"{message}. Is the base URL complete? OpenAI-compatible servers usually "
+                   f"serve under /v1 (e.g. {base_url}/v1).")
+    return HTTPStatusError(exc.url, exc.status, message)
+
+
+def _error_text(error: Any, secrets) -> str:
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("type") or json.dumps(error)[:300]
+        code = error.get("code")
+        if isinstance(code, str) and code and code not in str(message):
+            message = f"{message} ({code})"
+    else:
+        message = error
+    return redact(snippet(str(message), 500), secrets)
+
+
+def _final(obj: dict, final: Optional[dict]) -> dict:
+    if final is None:
+        final = {"id": None, "model": None, "finish_reason": None, "usage": None, "done": False}
+    for key in ("id", "model", "system_fingerprint"):
+        value = obj.get(key)
+        if value is not None:
+            final[key] = value
+    return final
+
+
+async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) -> AsyncIterator[str]:
+    """Decode the event stream and yield content; sets reply.complete / usage / final."""
+    lines = LineDecoder(max_line_bytes)
+    events = EventDecoder()
+    decode_lines = lines.decode
+    decode_event = events.decode
+    loads = json.loads
+    final: Optional[dict] = None
+    finish_reason = None
+    parts = reply.chunks  # the ReplyStream appends yielded text here: the partial text on truncation
+
+    def parse(event) -> Optional[dict]:
+        data = event.data
+        try:
+            obj = loads(data)
+        except ValueError:
+            raise StreamError(
+                f"{url} sent an event whose data is not JSON: {redact(snippet(data, 200), secrets)!r}",
+                line=redact(data, secrets),
+            ) from None
+        if not isinstance(obj, dict):
+            raise StreamError(f"{url} sent an event that is not a JSON object: {redact(snippet(data, 200), secrets)!r}",
+                              line=redact(data, secrets))
+        return obj
+
+    async for chunk in chunks:
+        for line in decode_lines(chunk):
+            event = decode_event(line)
+            if event is None:
+                continue
+            data = event.data
+            if data == "[DONE]":
+                final = _final({}, final)
+                final["finish_reason"] = finish_reason
+                final["done"] = True
+                reply.final = final
+                reply.complete = True
+                return
+            obj = parse(event)
+            error = obj.get("error")
+            if error is not None or event.event == "error":
+                raise ServerError(f"{url} reported an error mid-stream: {_error_text(error or obj, secrets)}")
+            if final is None:
+                final = _final(obj, None)
+            choices = obj.get("choices")
+            if choices:
+                choice = choices[0]
+                if isinstance(choice, dict):
+                    delta = choice.get("delta")
+                    if isinstance(delta, dict):
+                        content = delta.get("content")
+                        if content and isinstance(content, str):
+                            yield content
+                    reason = choice.get("finish_reason")
+                    if reason:
+                        finish_reason = reason
+            usage = obj.get("usage")
+            if usage:
+                reply.usage = Usage.from_dict(usage)
+                final["usage"] = usage
+
+    # The body ended without [DONE]. The SSE spec drops an event whose blank line
+    # never came; a server that closes right after "data: [DONE]\n" still meant it.
+    for line in lines.flush():
+        decode_event(line)
+    event = decode_event("")
+    if event is not None and event.data == "[DONE]":
+        finish_reason = finish_reason or "stop"
+    elif event is not None:
+        try:
+            obj = json.loads(event.data)
+        except ValueError:
+            obj = None  # a line cut by the close: truncation, reported below
+        if isinstance(obj, dict) and obj.get("error") is None:
+            for choice in (obj.get("choices") or [])[:1]:
+                if isinstance(choice, dict):
+                    delta = choice.get("delta")
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if content and isinstance(content, str):
+                        yield content
+                    finish_reason = choice.get("finish_reason") or finish_reason
+            if obj.get("usage"):
+                reply.usage = Usage.from_dict(obj["usage"])
+    if finish_reason:
+        final = _final({}, final)
+        final["finish_reason"] = finish_reason
+        reply.final = final
+        reply.complete = True
+        return
+    raise TruncatedStreamError(
+        f"the stream from {url} ended without [DONE] or a finish_reason: the reply is incomplete",
+        partial="".join(parts),
+    )
+
+
+async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncIterator[str]:
+    """A whole ``chat.completion`` JSON object instead of a stream."""
+    try:
+        body = first + await read_body(response, MAX_JSON_BODY - len(first))
+    except ValueError:
+        raise NotAnEndpointError(f"{url} answered with more than {MAX_JSON_BODY} bytes of JSON") from None
+    except asyncio.TimeoutError:  # before ClientConnectionError: aiohttp's ServerTimeoutError is both
+        raise StreamTimeoutError(f"no bytes from {url} for read_timeout={timeouts.read}s") from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+        raise TruncatedStreamError(f"the JSON answer from {url} broke off", partial="") from None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise TruncatedStreamError(
+            f"the JSON answer from {url} is incomplete or invalid: {redact(snippet(body.decode('utf-8', 'replace'), 200), secrets)!r}",
+            partial="",
+        ) from None
+    if not isinstance(obj, dict):
+        raise not_an_endpoint(url, response, body, secrets, expected="a chat.completion JSON or a")
+    if obj.get("error") is not None:
+        raise ServerError(f"{url} answered with an error: {_error_text(obj['error'], secrets)}")
+    choices = obj.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    message = choice.get("message") if choice else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if choice is None or not (content is None or isinstance(content, str)):
+        raise not_an_endpoint(url, response, body, secrets, expected="a chat.completion JSON or a")
+    if content:
+        yield content
+    final = _final(obj, None)
+    final["finish_reason"] = choice.get("finish_reason")
+    final["usage"] = obj.get("usage")
+    final["streamed"] = False
+    reply.usage = Usage.from_dict(obj.get("usage"))
+    reply.final = final
+    reply.complete = True
+
+
+# ---------------------------------------------------------------- local servers
+
+
+class Ollama(OpenAICompatible):
+    """Ollama's OpenAI-compatible endpoint (``ollama serve``)."""
+
+    url = "http://127.0.0.1:11434/v1"
+    fallback_model = None
+    discover_model = True
+
+
+class LlamaCpp(OpenAICompatible):
+    """llama.cpp's ``llama-server`` (any model name is accepted; it serves the one it loaded)."""
+
+    url = "http://127.0.0.1:8080/v1"
+    fallback_model = None
+    discover_model = True
+
+
+class LMStudio(OpenAICompatible):
+    """LM Studio's local server."""
+
+    url = "http://127.0.0.1:1234/v1"
+    fallback_model = None
+    discover_model = True
+
+
+class VLLM(OpenAICompatible):
+    """vLLM's OpenAI-compatible server (``vllm serve MODEL``)."""
+
+    url = "http://127.0.0.1:8000/v1"
+    fallback_model = None
+    discover_model = True
