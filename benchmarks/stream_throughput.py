@@ -137,16 +137,21 @@ async def run(args) -> None:
 
     print(f"\nOpchatgpts stream throughput (median of {args.repeat}, first chunk -> end; "
           f"python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs)\n")
-    head = f"{'case':<10} {'events':>7} {'bytes/ev':>9} {'plain ev/s':>12} {'provider ev/s':>14} {'ratio b/a':>9}"
+    head = (f"{'case':<10} {'events':>7} {'bytes/ev':>9} {'plain ev/s':>12} {'provider ev/s':>14} {'ratio b/a':>9}"
+            f" {'plain ms':>9} {'provider ms':>12}")
     print(head)
     print("-" * len(head))
     for name, n, size, a_times, b_times, a_err, b_err in rows:
-        a = n / statistics.median(a_times) if a_times else None
-        b = n / statistics.median(b_times) if b_times else None
+        a_ms = statistics.median(a_times) * 1000 if a_times else None
+        b_ms = statistics.median(b_times) * 1000 if b_times else None
+        a = n / a_ms * 1000 if a_ms else None
+        b = n / b_ms * 1000 if b_ms else None
         a_txt = f"{a:12,.0f}" if a else f"{'failed':>12}"
         b_txt = f"{b:14,.0f}" if b else f"{'failed':>14}"
         ratio = f"{b / a:9.3f}" if a and b else f"{'-':>9}"
-        print(f"{name:<10} {n:>7} {size:>9} {a_txt} {b_txt} {ratio}")
+        a_ms_txt = f"{a_ms:9.1f}" if a_ms else f"{'-':>9}"
+        b_ms_txt = f"{b_ms:12.1f}" if b_ms else f"{'-':>12}"
+        print(f"{name:<10} {n:>7} {size:>9} {a_txt} {b_txt} {ratio} {a_ms_txt} {b_ms_txt}")
         if a_err:
             print(f"  plain loop error: {a_err[:160]}")
         if b_err:

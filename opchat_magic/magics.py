@@ -69,6 +69,7 @@ class OpchatMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._conversation = None
         self._conversation_lock = threading.Lock()
+        self.last_reply = None  # the last completed Reply (text, usage, timings), for tools
 
     # -- state -------------------------------------------------------------
     @property
@@ -277,7 +278,7 @@ class OpchatMagics(Magics):
             renderer.fail(message, stopped=stopped)
             raise _quiet(error, "⏹ Stopped: the partial reply is kept above. %opchat_retry sends it again."
                          if stopped else f"{type(error).__name__}: {message}\n%opchat_retry sends it again.")
-        reply = chat.future.result()
+        reply = self.last_reply = chat.future.result()
         renderer.finish(footer_text(reply) if self.footer else None)
         reply_text = reply.text
         if args.output:

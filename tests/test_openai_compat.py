@@ -469,3 +469,12 @@ async def test_alias_discovers_model_from_models_endpoint():
         bodies = [c.kwargs["json"]["model"] for c in m.requests[("POST", URL(URL_))]]
     assert bodies == ["served-a", "served-a"]
     VLLM._discovered.pop(BASE, None)
+
+
+async def test_json_answer_after_leading_whitespace():
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    with aioresponses() as m:
+        m.post(URL_, body=b"\n\n  " + json.dumps(answer).encode(), content_type="application/json")
+        stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
+        assert await collect(stream) == ["ok"]
+    assert stream.reply.complete and stream.reply.usage is None

@@ -348,3 +348,25 @@ def test_retry_after_parsing():
     assert not is_retryable(HTTPStatusError("http://x", 500, ""))
     assert is_retryable(EndpointUnreachableError("http://x", "connection refused"))
     assert not is_retryable(StreamTimeoutError("slow"))
+
+
+async def test_failover_provider_class_routes_primary_url_to_the_first_only(servers, closed_url, monkeypatch):
+    from opchat_magic.providers.failover import failover_provider
+    from opchat_magic.providers.openai_compat import LlamaCpp
+
+    a, b = servers
+    monkeypatch.setattr(LlamaCpp, "url", b.openai_base_url)  # the fallback's own default URL
+    cls = failover_provider([OpenAICompatible, LlamaCpp], retries=0)
+    assert cls.__name__ == "Failover[OpenAICompatible, LlamaCpp]"
+    assert issubclass(cls, AsyncGeneratorProvider) and cls.url_kwarg == "primary_url"
+    assert cls.working and cls.supports_message_history
+
+    # primary_url reaches the first provider only: the fallback keeps its own URL
+    stream = cls.create_async_generator("m", MESSAGES, primary_url=closed_url, read_timeout=5)
+    assert "".join(await run(stream)) == reply_text(MESSAGES)
+    assert stream.reply.provider == "LlamaCpp" and [x.provider for x in stream.reply.attempts] == ["OpenAICompatible"]
+    assert chat_requests(b) == 1
+
+    stream = cls.create_async_generator("m", MESSAGES, primary_url=a.openai_base_url)
+    await run(stream)
+    assert stream.reply.provider == "OpenAICompatible" and chat_requests(a) == 1 and chat_requests(b) == 1

@@ -70,6 +70,14 @@ def test_aliases_are_openai_compatible_with_their_default_urls(name, url, monkey
     assert cls.resolve_base_url("http://127.0.0.1:7/v1/") == "http://127.0.0.1:7/v1"
 
 
+def test_other_spellings_resolve():
+    from opchat_magic.providers.openai_compat import LlamaCpp, LMStudio, OpenAICompatible
+
+    assert get_provider("llama.cpp") is LlamaCpp and get_provider("LM-Studio") is LMStudio
+    assert get_provider("openai-compatible") is OpenAICompatible
+    assert "llama.cpp" not in registry.names()
+
+
 def test_unknown_provider_lists_known_names():
     with pytest.raises(UnknownProviderError) as info:
         get_provider("nope-not-here")

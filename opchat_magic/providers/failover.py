@@ -46,6 +46,7 @@ __all__ = [
     "Attempt",
     "FailoverReply",
     "Failover",
+    "failover_provider",
     "stream_with_failover",
     "RETRY_STATUSES",
     "is_retryable",
@@ -283,3 +284,45 @@ class Failover(AsyncGeneratorProvider):
         if not providers:
             raise ValueError("Failover needs providers=[...]")
         return stream_with_failover(providers, model, messages, proxy=proxy, **kwargs)
+
+
+def failover_provider(providers: Sequence[ProviderSpec], **options: Any) -> Type[AsyncGeneratorProvider]:
+    """A provider class that streams with failover over ``providers`` (used by the magics).
+
+    ``options`` are :func:`stream_with_failover` keywords (``retries``, ``backoff``...)
+    or provider kwargs common to all; kwargs given at call time win over them.
+    The class's ``url_kwarg`` is ``"primary_url"``: a ``primary_url=`` keyword
+    sets the endpoint of the *first* provider only (under that provider's own
+    ``url_kwarg``), since pointing every fallback at the primary's URL would
+    defeat the failover. Capability flags are those all providers share.
+    """
+    resolved = [_resolve(spec) for spec in providers]
+    if not resolved:
+        raise ValueError("failover_provider needs at least one provider")
+    labels = [label for _, _, label in resolved]
+    specs = [(cls, {**kw, "name": label}) for cls, kw, label in resolved]
+    classes = [cls for cls, _, _ in resolved]
+
+    class BoundFailover(Failover):
+        url_kwarg = "primary_url"
+        url = getattr(classes[0], "url", "") or ""
+        working = all(getattr(c, "working", False) for c in classes)
+        supports_stream = all(getattr(c, "supports_stream", False) for c in classes)
+        supports_message_history = all(getattr(c, "supports_message_history", False) for c in classes)
+        supports_gpt_35_turbo = all(getattr(c, "supports_gpt_35_turbo", False) for c in classes)
+        default_model = ""  # each provider's own default
+        provider_names = tuple(labels)
+
+        @classmethod
+        def create_async_generator(cls, model, messages, proxy=None, **kwargs) -> ReplyStream:
+            primary_url = kwargs.pop("primary_url", None)
+            bound = list(specs)
+            if primary_url:
+                first_cls, first_kwargs = bound[0]
+                key = getattr(first_cls, "url_kwarg", "url")
+                bound[0] = (first_cls, {**first_kwargs, key: primary_url})
+            kwargs.pop("providers", None)
+            return stream_with_failover(bound, model, messages, proxy=proxy, **{**options, **kwargs})
+
+    BoundFailover.__name__ = BoundFailover.__qualname__ = f"Failover[{', '.join(labels)}]"
+    return BoundFailover

@@ -78,6 +78,9 @@ __all__ = [
     "post_json",
     "iter_body",
     "read_body",
+    "read_first",
+    "MAX_JSON_BODY",
+    "MAX_ERROR_BODY",
     "is_event_stream",
     "media_type",
     "sniff",
@@ -315,7 +318,7 @@ def _unreachable_reason(exc: BaseException) -> str:
 
 def _map_open_error(exc: BaseException, url: str, timeouts: Timeouts, secrets) -> BaseException:
     """The typed error for a failure before the response headers arrived."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (
+    if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())) or (  # aiohttp >= 3.10
         isinstance(exc, aiohttp.ServerTimeoutError) and "connect" in str(exc).lower()
     ):
         return StreamTimeoutError(
@@ -346,6 +349,26 @@ async def read_body(response: aiohttp.ClientResponse, limit: int, first: bytes =
             raise ValueError(f"body larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def read_first(response: aiohttp.ClientResponse, url: str, timeouts: Timeouts = Timeouts(),
+                     limit: int = 4096) -> bytes:
+    """The body's first bytes, read until some are not whitespace (or ``limit``, or the end).
+
+    For :func:`sniff`-ing a body before deciding how to read it; b"" means an
+    empty (or all-whitespace) body. Errors are typed as in :func:`iter_body`.
+    Pass the result as ``iter_body(..., first=...)`` / ``read_body(..., first=...)``.
+    """
+    first = b""
+    body = iter_body(response, url, timeouts)
+    try:
+        async for chunk in body:
+            first += chunk
+            if first.strip() or len(first) > limit:
+                break
+    finally:
+        await body.aclose()
+    return first
 
 
 async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> HTTPStatusError:
@@ -448,14 +471,14 @@ async def post_json(
 
 
 def _payload_reason(exc: BaseException) -> str:
+    """A short, header-free reason for a body that broke off."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__ or (exc.args[1] if len(exc.args) > 1 else None)
-        text = str(exc.args[0]) if exc.args else "incomplete body"
-        return f"{text}" + (f" [{cause}]" if cause and str(cause) not in text else "")
-    if isinstance(exc, ConnectionResetError):
+    text = f"{exc!s} {exc.__cause__!r} {exc.__context__!r}"
+    if isinstance(exc, ConnectionResetError) or "ConnectionResetError" in text or "reset by peer" in text:
         return "connection reset by the server"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the server closed the connection before the body was complete"
     return str(exc) or type(exc).__name__
 
 

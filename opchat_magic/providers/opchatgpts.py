@@ -54,6 +54,7 @@ from ..errors import (
     HTTPStatusError,
     NotAnEndpointError,
     ServerError,
+    SSEDecodeError,
     StreamError,
     StreamTimeoutError,
     TruncatedStreamError,
@@ -295,7 +296,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                             return
                     body = iter_body(response, url, req.timeouts, first=first)
                     events = aiter_events(body)
-                    # The hot loop. Per event: one json.loads, a "type" check, a yield;
+                    # The hot loop. Per event: one JSON parse, a "type" check, a yield;
                     # everything unusual leaves the fast path.
                     scan = _scan_once
                     streamed = False
@@ -353,6 +354,8 @@ class Opchatgpts(AsyncGeneratorProvider):
                     )
         except HTTPStatusError as exc:
             raise cls._status_hint(exc, req) from None
+        except SSEDecodeError as exc:  # name the URL: the decoder does not know it
+            raise SSEDecodeError(f"broken stream from {url}: {exc}", line=exc.line) from None
         except (TruncatedStreamError, StreamTimeoutError) as exc:
             if not getattr(exc, "partial", ""):
                 exc.partial = reply.text
@@ -440,17 +443,9 @@ class Opchatgpts(AsyncGeneratorProvider):
         event stream after all; ``None`` after accepting a non-streamed JSON
         answer (``reply`` filled in); raises for anything else.
         """
-        from .http import MAX_JSON_BODY, iter_body, not_an_endpoint, read_body, sniff
+        from .http import MAX_JSON_BODY, not_an_endpoint, read_body, read_first, sniff
 
-        first = b""
-        body = iter_body(response, url, req.timeouts)
-        try:
-            async for chunk in body:
-                first += chunk
-                if first.strip() or len(first) > 4096:
-                    break
-        finally:
-            await body.aclose()
+        first = await read_first(response, url, req.timeouts)
         kind = sniff(first)
         if kind == "sse":
             return first

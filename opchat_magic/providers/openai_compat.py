@@ -66,7 +66,6 @@ import aiohttp
 from ..errors import (
     HTTPStatusError,
     NotAnEndpointError,
-    OpchatError,
     ServerError,
     StreamError,
     StreamTimeoutError,
@@ -84,6 +83,7 @@ from .http import (
     not_an_endpoint,
     open_post,
     read_body,
+    read_first,
     sniff,
     snippet,
 )
@@ -189,6 +189,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
     """Any server that speaks OpenAI's ``/v1/chat/completions`` with streaming."""
 
     url: Optional[str] = None  # None: resolve from the environment, then OpenAI's URL
+    url_kwarg = "base_url"  # the keyword that sets the endpoint (the magics' OpchatMagics.url)
     working = True
     supports_stream = True
     supports_message_history = True
@@ -272,7 +273,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
                     if is_event_stream(response):
                         chunks = iter_body(response, url, timeouts)
                     else:
-                        first = await _first_bytes(response, url, timeouts)
+                        first = await read_first(response, url, timeouts)
                         kind = sniff(first)
                         if kind == "json":
                             async for text in _json_answer(response, url, first, timeouts, reply, secrets):
@@ -315,18 +316,6 @@ class OpenAICompatible(AsyncGeneratorProvider):
             cls._discovered[base_url] = first
             return first
         return ""
-
-
-async def _first_bytes(response: aiohttp.ClientResponse, url: str, timeouts: Timeouts) -> bytes:
-    """The first non-empty read of the body (b"" for an empty body), errors typed like iter_body's."""
-    body = iter_body(response, url, timeouts)
-    try:
-        async for chunk in body:
-            if chunk:
-                return chunk
-        return b""
-    finally:
-        await body.aclose()
 
 
 def _explain_status(exc: HTTPStatusError, base_url: str, secrets) -> HTTPStatusError:

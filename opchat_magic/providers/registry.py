@@ -1,7 +1,7 @@
 """Provider names -> provider classes: built-ins, aliases, and third-party plugins.
 
 Built-ins are named here and imported on first use (importing this module does
-not import aiohttp). Third-party providers declare an entry point in the group
+not import the provider modules). Third-party providers declare an entry point in the group
 ``opchat_magic.providers``::
 
     [project.entry-points."opchat_magic.providers"]
@@ -35,6 +35,7 @@ from .base import AsyncGeneratorProvider
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BUILTINS",
+    "SPELLINGS",
     "ProviderInfo",
     "UnknownProviderError",
     "ProviderLoadError",
@@ -59,6 +60,18 @@ BUILTINS: Dict[str, str] = {
     "llamacpp": "opchat_magic.providers.openai_compat:LlamaCpp",
     "lmstudio": "opchat_magic.providers.openai_compat:LMStudio",
     "vllm": "opchat_magic.providers.openai_compat:VLLM",
+}
+
+
+# Other spellings people type; resolved by get_provider, not listed.
+SPELLINGS: Dict[str, str] = {
+    "openai-compatible": "openai",
+    "openai_compatible": "openai",
+    "llama.cpp": "llamacpp",
+    "llama-cpp": "llamacpp",
+    "llama_cpp": "llamacpp",
+    "lm-studio": "lmstudio",
+    "lm_studio": "lmstudio",
 }
 
 
@@ -223,7 +236,10 @@ def get_provider(name: Union[str, type]) -> Type[AsyncGeneratorProvider]:
     if isinstance(name, type) and issubclass(name, AsyncGeneratorProvider):
         return name
     key = _norm(name)
-    entry = _entries().get(key)
+    entries = _entries()
+    entry = entries.get(key)
+    if entry is None and key in SPELLINGS:
+        entry = entries.get(SPELLINGS[key])
     if entry is None:
         raise UnknownProviderError(name, names())
     return _load(entry)

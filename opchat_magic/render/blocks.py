@@ -1,0 +1,396 @@
+"""Incremental Markdown block splitter.
+
+The renderer shows a streaming reply as a run of Markdown outputs: one per
+finished block, plus one "tail" output for the block still being written.
+Only the tail is ever re-sent, so the bytes sent grow linearly with the reply.
+
+The splitter works on complete lines only, each line looked at once, so the
+blocks it produces do not depend on how the reply was chunked, and the work is
+amortised linear in the reply length. Decisions are approximate CommonMark,
+tuned to one rule: a cut may only fall where the pieces, rendered as separate
+Markdown documents, look like the whole. Where that is unsure, lines stay
+together (keeping lines together never changes the rendering).
+
+Blocks are exact substrings of the reply, so ``"".join(blocks) + tail`` is the
+reply, with one exception, the caps that keep the tail small:
+
+* a paragraph (or list, or table) over ``max_chars`` is cut at a line
+  boundary (a list only before an item, a paragraph only before a line that
+  starts with a letter; a table repeats its header row in the tail);
+* a fenced code block over ``max_fence_lines`` lines (or ``4 * max_chars``
+  characters) is cut at a line boundary: the emitted piece gets a closing
+  fence and the tail reopens the fence with the same opening line, so every
+  piece renders as a code block;
+* a single line over ``max_chars`` characters is cut after a space (or hard,
+  when there is none), the rest continuing the same paragraph or code;
+* any open block over ``4 * max_chars`` characters is cut at the next line
+  boundary, whatever it is (the guarantee that the tail stays bounded).
+
+Synthetic fence and table-header lines are the only text not in the reply;
+:attr:`BlockSplitter.synthetic` counts them.
+"""
+from __future__ import annotations
+
+import re
+from typing import List, Optional
+
+_FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
+_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
+_THEMATIC = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_SETEXT = re.compile(r" {0,3}(?:=+|-+)[ \t]*$")
+_ITEM = re.compile(r"( {0,3})([-+*]|(\d{1,9})[.)])([ \t]|$)")
+_TABLE_DELIM = re.compile(r" {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+_BLANK = re.compile(r"[ \t]*\n?$")
+
+
+def _indent(line: str) -> int:
+    """Columns of leading whitespace (tabs to the next multiple of 4)."""
+    col = 0
+    for ch in line:
+        if ch == " ":
+            col += 1
+        elif ch == "\t":
+            col += 4 - col % 4
+        else:
+            break
+    return col
+
+
+def _fence_open(line: str):
+    """(indent, char, length) if ``line`` opens a fenced code block."""
+    m = _FENCE.match(line)
+    if not m:
+        return None
+    run, info = m.group(2), m.group(3)
+    if run[0] == "`" and "`" in info:
+        return None  # an inline code span, not a fence
+    return len(m.group(1)), run[0], len(run)
+
+
+def _fence_closes(line: str, ch: str, n: int) -> bool:
+    s = line.rstrip("\n")
+    body = s.lstrip(" ")
+    if len(s) - len(body) > 3:
+        return False
+    run = len(body) - len(body.lstrip(ch))
+    return run >= n and not body[run:].strip(" \t")
+
+
+def _long_cut(s: str, cap: int) -> int:
+    """Where to cut a line longer than ``cap``: decided on ``s[:cap + 1]`` only.
+
+    Prefer the last place where whitespace is followed by a letter (so the
+    rest cannot start a heading or a list item); otherwise cut hard at cap.
+    """
+    for i in range(cap, max(1, cap // 2), -1):
+        if s[i - 1] in " \t" and s[i].isalpha():
+            return i
+    return cap
+
+
+class BlockSplitter:
+    """Split a streamed Markdown reply into completed blocks and an open tail.
+
+    ``feed(text)`` as chunks arrive; ``take_completed()`` returns the blocks
+    completed since the last call (each once); ``tail`` is the open block;
+    ``close()`` ends the reply and returns the remaining blocks.
+    """
+
+    def __init__(self, max_chars: int = 2000, max_fence_lines: int = 40):
+        self.max_chars = max_chars
+        self.max_fence_lines = max_fence_lines
+        self.hard_cap = 4 * max_chars
+        self.synthetic = 0  # synthetic lines added by caps (fence close/reopen, table header)
+        self._done: List[str] = []
+        self._parts: List[str] = []  # the incomplete last line, in pieces
+        self._plen = 0
+        self._open: List[str] = []  # complete lines of the open block
+        self._olen = 0
+        self._kind: Optional[str] = None  # None|para|list|fence|indent|table
+        self._cont = False  # the next line continues a line cut for length
+        # fence state
+        self._fence: Optional[tuple] = None  # (indent, char, length)
+        self._fence_line = ""
+        self._fence_n = 0
+        self._fence_chars = 0
+        # list state
+        self._list_blank = False
+        self._inner: Optional[tuple] = None  # a fence inside a list item: (char, length)
+        # table state
+        self._header: List[str] = []
+
+    # -- public -------------------------------------------------------------
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        start = 0
+        nl = text.find("\n")
+        while nl != -1:
+            piece = text[start : nl + 1]
+            if self._parts:
+                self._parts.append(piece)
+                line = "".join(self._parts)
+                self._parts, self._plen = [], 0
+            else:
+                line = piece
+            self._complete_line(line)
+            start = nl + 1
+            nl = text.find("\n", start)
+        if start < len(text):
+            rest = text[start:]
+            self._parts.append(rest)
+            self._plen += len(rest)
+            if self._plen > self.max_chars:
+                self._cut_partial()
+
+    def take_completed(self) -> List[str]:
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def tail(self) -> str:
+        return "".join(self._open) + "".join(self._parts)
+
+    @property
+    def tail_len(self) -> int:
+        return self._olen + self._plen
+
+    def close(self) -> List[str]:
+        """End of the reply: the open block (and partial line) completes."""
+        rest = self.tail
+        self._parts, self._plen = [], 0
+        self._open, self._olen = [], 0
+        if rest:
+            self._done.append(rest)
+        self._reset_kind()
+        return self.take_completed()
+
+    # -- lines --------------------------------------------------------------
+    def _cut_partial(self) -> None:
+        s = "".join(self._parts)
+        while len(s) > self.max_chars:
+            cut = _long_cut(s, self.max_chars)
+            self._long_piece(s[:cut])
+            s = s[cut:]
+        self._parts, self._plen = ([s], len(s)) if s else ([], 0)
+
+    def _complete_line(self, line: str) -> None:
+        while len(line) - 1 > self.max_chars:  # -1: the newline
+            cut = _long_cut(line, self.max_chars)
+            self._long_piece(line[:cut])
+            line = line[cut:]
+        if self._cont:
+            self._cont = False
+            self._append(line)
+            if self._kind == "fence":
+                self._fence_n += 1
+                self._fence_chars += len(line)
+            return
+        if self._olen > self.hard_cap and self._kind is not None:
+            self._cut_here()
+        getattr(self, "_line_" + (self._kind or "none"))(line)
+
+    def _long_piece(self, piece: str) -> None:
+        """A line too long to wait for: emit the open block up to ``piece``."""
+        if self._kind == "fence":
+            indent, ch, n = self._fence
+            close = " " * indent + ch * n + "\n"
+            self._append(piece + "\n")
+            self._append(close)
+            self._emit()
+            self._kind, self._fence = "fence", (indent, ch, n)
+            self._append(self._fence_line)
+            self._fence_n = self._fence_chars = 0
+            self.synthetic += 3  # newline, close, reopen
+        else:
+            self._append(piece)
+            self._emit()
+            self._kind = "para"
+        self._cont = True
+
+    def _append(self, line: str) -> None:
+        self._open.append(line)
+        self._olen += len(line)
+
+    def _emit(self) -> None:
+        if self._open:
+            self._done.append("".join(self._open))
+        self._open, self._olen = [], 0
+        self._reset_kind()
+
+    def _reset_kind(self) -> None:
+        self._kind = None
+        self._fence = None
+        self._list_blank = False
+        self._inner = None
+        self._header = []
+
+    def _cut_here(self) -> None:
+        """Hard cap: cut the open block at this line boundary, whatever it is."""
+        kind, fence, header = self._kind, self._fence, self._header
+        if kind == "fence":
+            indent, ch, n = fence
+            self._append(" " * indent + ch * n + "\n")
+            self._emit()
+            self._kind, self._fence = "fence", fence
+            self._append(self._fence_line)
+            self._fence_n = self._fence_chars = 0
+            self.synthetic += 2
+        elif kind == "table":
+            self._emit()
+            self._kind, self._header = "table", header
+            for h in header:
+                self._append(h)
+            self.synthetic += len(header)
+        else:
+            self._emit()
+            self._kind = "para" if kind == "para" else None
+
+    def _start(self, line: str) -> None:
+        """First non-blank line of a block (leading blank lines may precede it)."""
+        fence = _fence_open(line)
+        if fence:
+            self._kind, self._fence, self._fence_line = "fence", fence, line
+            self._fence_n = self._fence_chars = 0
+            self._append(line)
+        elif _HEADING.match(line) or _THEMATIC.match(line):
+            self._append(line)
+            self._emit()
+        elif _ITEM.match(line):
+            self._kind = "list"
+            self._append(line)
+        elif _indent(line) >= 4:
+            self._kind = "indent"
+            self._append(line)
+        else:
+            self._kind = "para"
+            self._append(line)
+
+    def _line_none(self, line: str) -> None:
+        if _BLANK.match(line):
+            self._append(line)
+        else:
+            self._start(line)
+
+    def _interrupts_para(self, line: str) -> bool:
+        if _fence_open(line) or _HEADING.match(line) or _THEMATIC.match(line):
+            return True
+        m = _ITEM.match(line)
+        if m:
+            if m.group(3) is not None:
+                return int(m.group(3)) == 1 and bool(line[m.end() :].strip())
+            return bool(line[m.end() :].strip())
+        return False
+
+    def _line_para(self, line: str) -> None:
+        if _BLANK.match(line):
+            self._append(line)
+            self._emit()
+        elif _SETEXT.match(line):
+            self._append(line)
+            self._emit()
+        elif (
+            _TABLE_DELIM.match(line)
+            and "|" in line
+            and len(self._open) == 1
+            and "|" in self._open[0]
+        ):
+            self._kind = "table"
+            self._header = [self._open[0], line]
+            self._append(line)
+        elif self._interrupts_para(line):
+            self._emit()
+            self._start(line)
+        elif self._olen >= self.max_chars and line.lstrip()[:1].isalpha():
+            self._emit()
+            self._start(line)
+        else:
+            self._append(line)
+
+    def _line_table(self, line: str) -> None:
+        if _BLANK.match(line):
+            self._append(line)
+            self._emit()
+        elif self._interrupts_para(line) or line.lstrip().startswith(">"):
+            self._emit()
+            self._start(line)
+        else:
+            if self._olen >= self.max_chars:
+                header = self._header
+                self._emit()
+                self._kind, self._header = "table", header
+                for h in header:
+                    self._append(h)
+                self.synthetic += len(header)
+            self._append(line)
+
+    def _line_indent(self, line: str) -> None:
+        if _BLANK.match(line) or _indent(line) >= 4:
+            self._append(line)
+        else:
+            self._emit()
+            self._start(line)
+
+    def _line_fence(self, line: str) -> None:
+        indent, ch, n = self._fence
+        if _fence_closes(line, ch, n):
+            self._append(line)
+            self._emit()
+            return
+        if self._fence_n >= self.max_fence_lines or self._fence_chars >= self.hard_cap:
+            self._append(" " * indent + ch * n + "\n")
+            self._emit()
+            self._kind, self._fence = "fence", (indent, ch, n)
+            self._append(self._fence_line)
+            self._fence_n = self._fence_chars = 0
+            self.synthetic += 2
+        self._append(line)
+        self._fence_n += 1
+        self._fence_chars += len(line)
+
+    def _line_list(self, line: str) -> None:
+        if self._inner is not None:  # inside a fence within a list item
+            self._append(line)
+            ch, n = self._inner
+            body = line.lstrip(" \t").rstrip("\n")
+            run = len(body) - len(body.lstrip(ch))
+            if run >= n and not body[run:].strip(" \t"):
+                self._inner = None
+            return
+        if _BLANK.match(line):
+            self._append(line)
+            self._list_blank = True
+            return
+        ind = _indent(line)
+        fence = _fence_open(line) if ind < 4 else None
+        if fence is None and ind >= 2:
+            body = line.lstrip(" \t")
+            m = _FENCE.match(body)
+            if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
+                fence = (ind, m.group(2)[0], len(m.group(2)))
+        if fence and ind >= 2:
+            self._inner = (fence[1], fence[2])
+            self._append(line)
+            self._list_blank = False
+            return
+        if _THEMATIC.match(line):
+            self._emit()
+            self._start(line)
+            return
+        item = _ITEM.match(line)
+        if item:
+            if len(item.group(1)) <= 1 and self._olen >= self.max_chars:
+                self._emit()  # cap: cut before a top-level item
+                self._kind = "list"
+            self._append(line)
+            self._list_blank = False
+            return
+        if ind >= 2:
+            self._append(line)
+            self._list_blank = False
+            return
+        if self._list_blank or fence or _HEADING.match(line):
+            self._emit()
+            self._start(line)
+            return
+        self._append(line)  # lazy continuation of the item's paragraph

@@ -1,0 +1,789 @@
+"""Opchatgpts and providers/http.py against mocked HTTP (aioresponses): request shape, parse rules, errors."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import types
+from unittest.mock import Mock
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from opchat_magic.errors import (
+    EndpointUnreachableError,
+    HTTPStatusError,
+    NotAnEndpointError,
+    OpchatError,
+    ServerError,
+    SSEDecodeError,
+    StreamError,
+    StreamTimeoutError,
+    TruncatedStreamError,
+)
+from opchat_magic.providers.base import ReplyStream, Usage
+from opchat_magic.providers import http
+from opchat_magic.providers.opchatgpts import SESSION_PATH, SUBMIT_PATH, Opchatgpts, random_chat_id
+
+pytestmark = pytest.mark.timeout(30)
+
+BASE = "http://ai.test"
+SUBMIT = BASE + SUBMIT_PATH
+SESSION = BASE + SESSION_PATH
+MSGS = [{"role": "user", "content": "Hello"}]
+USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+SSE = "text/event-stream"
+
+
+def sse(*objs) -> bytes:
+    out = b""
+    for obj in objs:
+        line = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
+        out += b"data: " + (line.encode() if isinstance(line, str) else line) + b"\n\n"
+    return out
+
+
+def live(text, **extra):
+    return {"type": "live", "data": text, **extra}
+
+
+def end(reply="Hello", usage=USAGE, **extra):
+    return {"type": "end", "data": json.dumps({"success": True, "reply": reply, "images": None, "usage": usage, **extra})}
+
+
+GOOD = sse(live("Hel"), live("lo"), end("Hello"))
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds ClientResponse without ``stream_writer``, which aiohttp 3.14 requires."""
+
+    def __init__(self, method, url, **kwargs):
+        kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def aioresponses_compat(monkeypatch):
+    import aioresponses.core
+
+    monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
+
+
+@pytest.fixture
+def mocked():
+    with aioresponses() as m:
+        yield m
+
+
+@pytest.fixture(autouse=True)
+def no_env_url(monkeypatch):
+    monkeypatch.delenv("OPCHAT_URL", raising=False)
+
+
+def serve(m, body=GOOD, content_type=SSE, status=200, url=SUBMIT, **kw):
+    m.post(url, body=body, content_type=content_type, status=status, **kw)
+
+
+async def run(**kw):
+    messages = kw.pop("messages", MSGS)
+    kw.setdefault("url", BASE)
+    stream = Opchatgpts.create_async_generator("", messages, **kw)
+    chunks = [c async for c in stream]
+    return chunks, stream.reply
+
+
+def calls(m, url=SUBMIT, method="POST"):
+    from yarl import URL
+
+    return m.requests.get((method, URL(url)), [])
+
+
+# --------------------------------------------------------------------------- the class
+
+
+def test_public_face():
+    assert Opchatgpts.url == "https://opchatgpts.net"
+    assert Opchatgpts.working is False
+    assert Opchatgpts.supports_message_history is True
+    assert Opchatgpts.supports_gpt_35_turbo is True
+    assert Opchatgpts.supports_stream is True
+    assert Opchatgpts.default_model == "gpt-3.5-turbo"
+    assert "offline" in Opchatgpts.__doc__
+
+
+def test_random_chat_id():
+    ids = {random_chat_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"[a-z0-9]{10}", i) for i in ids)
+
+
+# --------------------------------------------------------------------------- the request
+
+
+async def test_request_method_url_headers_payload(mocked):
+    serve(mocked)
+    chunks, reply = await run(messages=[{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi?"}])
+    assert chunks == ["Hel", "lo"]
+    (call,) = calls(mocked)
+    headers = call.kwargs["headers"]
+    assert headers == {
+        "User-Agent": http.BROWSER_USER_AGENT,
+        "Accept": "*/*",
+        "Origin": BASE,
+        "Referer": BASE + "/chatgpt-free-use/",
+        "Sec-Fetch-Dest": "empty",
+        "Sec-Fetch-Mode": "cors",
+        "Sec-Fetch-Site": "same-origin",
+    }
+    assert headers["User-Agent"].startswith("Mozilla/5.0")
+    payload = call.kwargs["json"]
+    assert list(payload) == ["botId", "chatId", "contextId", "customId", "messages", "newMessage", "session", "stream"]
+    assert re.fullmatch(r"[a-z0-9]{10}", payload.pop("chatId"))
+    assert payload == {
+        "botId": "default",
+        "contextId": 28,
+        "customId": None,
+        "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi?"}],
+        "newMessage": "Hi?",
+        "session": "N/A",
+        "stream": True,
+    }
+
+
+async def test_payload_keywords(mocked):
+    serve(mocked)
+    await run(bot_id="chatbot-7", context_id=123, custom_id="cust", chat_id="abcdefghij", headers={"Cookie": "a=b"})
+    call = calls(mocked)[0]
+    payload = call.kwargs["json"]
+    assert (payload["botId"], payload["contextId"], payload["customId"], payload["chatId"]) == (
+        "chatbot-7", 123, "cust", "abcdefghij")
+    assert call.kwargs["headers"]["Cookie"] == "a=b"
+
+
+async def test_new_chat_id_per_call(mocked):
+    serve(mocked, repeat=True)
+    await run()
+    await run()
+    ids = [c.kwargs["json"]["chatId"] for c in calls(mocked)]
+    assert len(ids) == 2 and ids[0] != ids[1]
+
+
+async def test_proxy_and_timeouts_passed_to_aiohttp(mocked):
+    serve(mocked)
+    await run(proxy="http://proxy.test:3128", connect_timeout=3, read_timeout=7.5)
+    kwargs = calls(mocked)[0].kwargs
+    assert kwargs["proxy"] == "http://proxy.test:3128"
+    timeout = kwargs["timeout"]
+    assert isinstance(timeout, aiohttp.ClientTimeout)
+    assert (timeout.total, timeout.sock_connect, timeout.connect, timeout.sock_read) == (None, 3, 3, 7.5)
+    assert kwargs["raise_for_status"] is False
+
+
+async def test_default_timeouts(mocked):
+    serve(mocked)
+    await run()
+    timeout = calls(mocked)[0].kwargs["timeout"]
+    assert (timeout.sock_connect, timeout.sock_read) == (http.DEFAULT_CONNECT_TIMEOUT, http.DEFAULT_READ_TIMEOUT)
+
+
+async def test_timeouts_none_disable(mocked):
+    serve(mocked)
+    await run(connect_timeout=None, read_timeout=None)
+    timeout = calls(mocked)[0].kwargs["timeout"]
+    assert (timeout.total, timeout.sock_connect, timeout.sock_read) == (None, None, None)
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-1, ValueError), ("5", TypeError), (True, TypeError)])
+def test_bad_timeouts_rejected_at_once(bad, exc):
+    with pytest.raises(exc, match="read_timeout"):
+        Opchatgpts.create_async_generator("", MSGS, url=BASE, read_timeout=bad)
+
+
+async def test_unknown_kwargs_ignored(mocked):
+    serve(mocked)
+    chunks, _ = await run(temperature=0.2, api_key="not-for-this-provider")
+    assert chunks == ["Hel", "lo"]
+
+
+async def test_session_reused_and_left_open(mocked):
+    serve(mocked, repeat=True)
+    async with aiohttp.ClientSession() as session:
+        await run(session=session)
+        await run(session=session)
+        assert not session.closed
+
+
+# --------------------------------------------------------------------------- url resolution
+
+
+async def test_url_kwarg_beats_env_and_class(mocked, monkeypatch):
+    monkeypatch.setenv("OPCHAT_URL", "http://env.test")
+    serve(mocked)
+    await run(url=BASE)
+    assert calls(mocked)
+
+
+async def test_env_beats_class(mocked, monkeypatch):
+    monkeypatch.setenv("OPCHAT_URL", "http://env.test/")
+    serve(mocked, url="http://env.test" + SUBMIT_PATH)
+    stream = Opchatgpts.create_async_generator("", MSGS)
+    assert [c async for c in stream] == ["Hel", "lo"]
+    headers = calls(mocked, "http://env.test" + SUBMIT_PATH)[0].kwargs["headers"]
+    assert headers["Origin"] == "http://env.test"
+
+
+async def test_class_attribute_and_subclass(mocked, monkeypatch):
+    serve(mocked, url="http://patched.test" + SUBMIT_PATH)
+    monkeypatch.setattr(Opchatgpts, "url", "http://patched.test")
+    assert [c async for c in Opchatgpts.create_async_generator("", MSGS)] == ["Hel", "lo"]
+
+    class MySite(Opchatgpts):
+        url = "http://sub.test"
+
+    serve(mocked, url="http://sub.test" + SUBMIT_PATH)
+    stream = MySite.create_async_generator("", MSGS)
+    assert [c async for c in stream] == ["Hel", "lo"]
+    assert stream.reply.provider == "MySite"
+
+
+def test_resolve_url_forms(monkeypatch):
+    assert Opchatgpts.resolve_url() == "https://opchatgpts.net"
+    assert Opchatgpts.resolve_url("http://x.test/") == "http://x.test"
+    assert Opchatgpts.resolve_url("http://x.test" + SUBMIT_PATH) == "http://x.test"
+    assert Opchatgpts.resolve_url("http://x.test/blog") == "http://x.test/blog"
+    with pytest.raises(ValueError, match="http"):
+        Opchatgpts.resolve_url("ftp://x.test")
+
+
+# --------------------------------------------------------------------------- nonce
+
+
+async def test_nonce_auto_flow(mocked):
+    mocked.post(SESSION, payload={"success": True, "sessionId": "s1", "restNonce": "n0nce12345"})
+    serve(mocked)
+    chunks, reply = await run(nonce="auto")
+    assert chunks == ["Hel", "lo"] and reply.complete
+    assert calls(mocked, SESSION)[0].kwargs["headers"]["Origin"] == BASE
+    assert calls(mocked)[0].kwargs["headers"]["X-WP-Nonce"] == "n0nce12345"
+
+
+async def test_nonce_string_sent_as_is(mocked):
+    serve(mocked)
+    await run(nonce="given-nonce")
+    assert calls(mocked)[0].kwargs["headers"]["X-WP-Nonce"] == "given-nonce"
+    assert not calls(mocked, SESSION)
+
+
+async def test_no_nonce_by_default(mocked):
+    serve(mocked)
+    await run()
+    assert "X-WP-Nonce" not in calls(mocked)[0].kwargs["headers"]
+
+
+async def test_nonce_auto_without_rest_nonce(mocked):
+    mocked.post(SESSION, payload={"success": False, "message": "Sessions are disabled"})
+    with pytest.raises(ServerError, match="restNonce.*Sessions are disabled"):
+        await run(nonce="auto")
+    assert not calls(mocked)
+
+
+async def test_nonce_auto_start_session_missing(mocked):
+    mocked.post(SESSION, status=404, payload={"code": "rest_no_route", "message": "No route was found"})
+    with pytest.raises(HTTPStatusError) as info:
+        await run(nonce="auto")
+    assert info.value.status == 404 and SESSION in str(info.value)
+
+
+async def test_nonce_error_hints(mocked):
+    body = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
+    serve(mocked, status=403, payload=body, content_type="application/json", repeat=True)
+    with pytest.raises(HTTPStatusError, match="nonce='auto'") as info:
+        await run()
+    assert info.value.status == 403 and "Cookie check failed" in str(info.value)
+    with pytest.raises(HTTPStatusError, match="stale") as info:
+        await run(nonce="old-nonce-value")
+    assert "old-nonce-value" not in str(info.value) + repr(info.value)
+
+
+# --------------------------------------------------------------------------- stream rules
+
+
+async def test_live_and_end(mocked):
+    serve(mocked)
+    chunks, reply = await run()
+    assert chunks == ["Hel", "lo"] and reply.text == "Hello"
+    assert reply.complete
+    assert reply.usage == Usage(5, 2, 7)
+    assert reply.final == {"success": True, "reply": "Hello", "images": None, "usage": USAGE}
+    assert reply.first_chunk_at is not None and reply.finished_at is not None
+
+
+async def test_returns_reply_stream():
+    stream = Opchatgpts.create_async_generator("", MSGS, url=BASE)
+    assert isinstance(stream, ReplyStream)
+    await stream.aclose()
+
+
+async def test_subtypes(mocked):
+    serve(mocked, body=sse(live("thinking...", subtype="thinking"), live("A", subtype="content"),
+                           live("B", subtype=None), live("status", subtype="status"), live("C"), end("ABC")))
+    chunks, reply = await run()
+    assert chunks == ["A", "B", "C"]
+    assert reply.final["_ignored_events"] == {"live/thinking": 1, "live/status": 1}
+
+
+async def test_unknown_type_ignored_and_counted(mocked):
+    serve(mocked, body=sse(live("A"), {"type": "mystery", "data": "?"}, {"type": "mystery"}, {"type": 7}, end("A")))
+    chunks, reply = await run()
+    assert chunks == ["A"] and reply.complete
+    assert reply.final["_ignored_events"] == {"mystery": 2, "7": 1}
+
+
+async def test_no_ignored_key_when_nothing_ignored(mocked):
+    serve(mocked)
+    _, reply = await run()
+    assert "_ignored_events" not in reply.final
+
+
+async def test_end_only_yields_reply_once(mocked):
+    serve(mocked, body=sse(end("Whole reply")))
+    chunks, reply = await run()
+    assert chunks == ["Whole reply"] and reply.complete
+
+
+async def test_end_data_as_object_accepted(mocked):
+    serve(mocked, body=sse(live("x"), {"type": "end", "data": {"success": True, "reply": "x"}}))
+    chunks, reply = await run()
+    assert chunks == ["x"] and reply.complete and reply.usage is None
+
+
+async def test_end_stops_reading(mocked):
+    serve(mocked, body=sse(live("A"), end("A"), live("after"), "not json"))
+    chunks, reply = await run()
+    assert chunks == ["A"] and reply.complete
+
+
+async def test_end_success_false(mocked):
+    serve(mocked, body=sse(live("A"), {"type": "end", "data": json.dumps({"success": False, "message": "Quota exceeded"})}))
+    with pytest.raises(ServerError, match="Quota exceeded"):
+        await run()
+
+
+async def test_error_event(mocked):
+    serve(mocked, body=sse(live("A"), {"type": "error", "data": "The model is overloaded."}))
+    with pytest.raises(ServerError, match="The model is overloaded."):
+        await run()
+
+
+async def test_broken_json_line(mocked):
+    serve(mocked, body=sse(live("A"), '{"broken json', end("A")))
+    with pytest.raises(StreamError, match=r'not JSON.*\{"broken json') as info:
+        await run()
+    assert info.value.line == '{"broken json'
+    assert isinstance(info.value, RuntimeError)  # what the original raised
+
+
+async def test_long_broken_line_truncated_in_message(mocked):
+    line = "{" + "x" * 5000
+    serve(mocked, body=sse(line, end()))
+    with pytest.raises(StreamError) as info:
+        await run()
+    assert info.value.line == line
+    assert len(str(info.value)) < 400 and "5001 chars" in str(info.value)
+
+
+@pytest.mark.parametrize("line, what", [
+    ('{"data":"no type"}', 'no "type"'),
+    ('{"type":null,"data":"x"}', 'no "type"'),
+    ('["live","x"]', "not an object"),
+    ('"live"', "not an object"),
+    ("42", "not an object"),
+])
+async def test_json_without_type(mocked, line, what):
+    serve(mocked, body=sse(live("A"), line, end("A")))
+    with pytest.raises(StreamError, match=re.escape(what)) as info:
+        await run()
+    assert info.value.line == line
+
+
+@pytest.mark.parametrize("line", ['{"type":"live"}', '{"type":"live","data":123}', '{"type":"live","data":null}',
+                                  '{"type":"live","data":["x"],"subtype":"content"}'])
+async def test_live_without_string_data(mocked, line):
+    serve(mocked, body=sse(line, end()))
+    with pytest.raises(StreamError, match="live event without string data") as info:
+        await run()
+    assert info.value.line == line
+
+
+@pytest.mark.parametrize("data", ['"this is not JSON"', '"[1, 2]"', "null", "5"])
+async def test_bad_end(mocked, data):
+    line = '{"type":"end","data":' + data + "}"
+    serve(mocked, body=sse(live("A"), line))
+    with pytest.raises(StreamError, match="end event") as info:
+        await run()
+    assert not isinstance(info.value, TruncatedStreamError)
+    assert info.value.line == line
+
+
+async def test_truncated_stream(mocked):
+    serve(mocked, body=sse(live("Hel"), live("lo")))
+    with pytest.raises(TruncatedStreamError, match="before its end event") as info:
+        await run()
+    assert info.value.partial == "Hello"
+
+
+async def test_empty_event_stream(mocked):
+    serve(mocked, body=b"")
+    with pytest.raises(TruncatedStreamError) as info:
+        await run()
+    assert info.value.partial == ""
+
+
+async def test_unterminated_last_event_is_truncation(mocked):
+    serve(mocked, body=sse(live("A")) + b'data: {"type":"end","data":"{}"}\n')
+    with pytest.raises(TruncatedStreamError):
+        await run()
+
+
+async def test_invalid_utf8(mocked):
+    serve(mocked, body=sse(live("A")) + b'data: {"type":"live","data":"\xff"}\n\n' + sse(end("A")))
+    with pytest.raises(SSEDecodeError, match=re.escape(SUBMIT)):
+        await run()
+
+
+@pytest.mark.parametrize("body", [
+    b'data:{"type":"live","data":"A"}\r\n\r\ndata:{"type":"end","data":"{\\"reply\\":\\"A\\"}"}\r\n\r\n',
+    b'data:  {"type":"live","data":"A"}  \n\n: keep-alive\n\nevent: message\ndata: {"type":"end","data":"{}"}\n\n',
+    b'data: {"type":"live","data":"A"}\r\rdata: {"type":"end","data":"{}"}\r\r',
+    b'\xef\xbb\xbfdata: {"type":"live","data":"A"}\n\nid: 1\nretry: 10\ndata: {"type":"end","data":"{}"}\n\n',
+])
+async def test_framing_variants(mocked, body):
+    serve(mocked, body=body)
+    chunks, reply = await run()
+    assert chunks == ["A"] and reply.complete
+
+
+async def test_multiline_data_joined(mocked):
+    serve(mocked, body=b'data: {"type":"live",\ndata: "data":"A"}\n\n' + sse(end("A")))
+    chunks, _ = await run()
+    assert chunks == ["A"]
+
+
+async def test_unicode_and_nul(mocked):
+    serve(mocked, body=sse(live("h\u00e9llo \U0001f600"), live("nul\x00here"), end()))
+    chunks, _ = await run()
+    assert chunks == ["h\u00e9llo \U0001f600", "nul\x00here"]
+
+
+# --------------------------------------------------------------------------- other bodies
+
+
+async def test_json_answer_accepted(mocked):
+    serve(mocked, body=json.dumps({"success": True, "reply": "Whole", "usage": USAGE}), content_type="application/json")
+    chunks, reply = await run()
+    assert chunks == ["Whole"]
+    assert reply.complete and reply.usage == Usage(5, 2, 7) and reply.final["reply"] == "Whole"
+
+
+async def test_json_answer_failure(mocked):
+    serve(mocked, body=json.dumps({"success": False, "message": "Nope"}), content_type="application/json")
+    with pytest.raises(ServerError, match="Nope"):
+        await run()
+
+
+async def test_json_without_reply(mocked):
+    serve(mocked, body=json.dumps({"success": True}), content_type="application/json")
+    with pytest.raises(StreamError, match="no reply"):
+        await run()
+
+
+async def test_html_page(mocked):
+    serve(mocked, body="<html><head><title>Just a moment...</title></head><body>captcha</body></html>",
+          content_type="text/html")
+    with pytest.raises(NotAnEndpointError) as info:
+        await run()
+    text = str(info.value)
+    assert SUBMIT in text and "text/html" in text and "Just a moment..." in text
+    assert "%config" in text  # the hint
+
+
+async def test_plain_text_body(mocked):
+    serve(mocked, body="hello world", content_type="text/plain")
+    with pytest.raises(NotAnEndpointError, match="text/plain"):
+        await run()
+
+
+async def test_mislabelled_event_stream_accepted(mocked):
+    serve(mocked, body=GOOD, content_type="text/html")
+    chunks, reply = await run()
+    assert chunks == ["Hel", "lo"] and reply.complete
+
+
+async def test_empty_body_other_type(mocked):
+    serve(mocked, body=b"", content_type="text/html")
+    with pytest.raises(TruncatedStreamError, match="empty body"):
+        await run()
+
+
+# --------------------------------------------------------------------------- HTTP errors
+
+
+@pytest.mark.parametrize("status, body, content_type, message", [
+    (403, {"success": False, "message": "Sorry, your query has been rejected."}, "application/json",
+     "Sorry, your query has been rejected."),
+    (500, {"success": False, "message": "Boom"}, "application/json", "Boom"),
+    (502, {"error": {"message": "upstream down", "type": "server_error"}}, "application/json", "upstream down"),
+    (500, "Internal Server Error", "text/plain", "Internal Server Error"),
+    (502, "<html><title>502 Bad Gateway</title><body>nginx</body></html>", "text/html", "502 Bad Gateway"),
+    (404, "", "text/plain", "(empty body)"),
+])
+async def test_http_status(mocked, status, body, content_type, message):
+    body = json.dumps(body) if isinstance(body, dict) else body
+    serve(mocked, status=status, body=body, content_type=content_type)
+    with pytest.raises(HTTPStatusError) as info:
+        await run()
+    exc = info.value
+    assert exc.status == status and exc.message.startswith(message)
+    assert str(exc) == f"HTTP {status} from {SUBMIT}: {exc.message}"
+    assert isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc, OpchatError)
+
+
+async def test_http_429_retry_after(mocked):
+    serve(mocked, status=429, payload={"message": "Slow down"}, content_type="application/json",
+          headers={"Retry-After": "12"})
+    with pytest.raises(HTTPStatusError, match=r"Slow down \(Retry-After: 12\)"):
+        await run()
+
+
+async def test_http_error_redacts_secrets(mocked):
+    secret = "sk-very-secret-token"
+    serve(mocked, status=401, payload={"message": f"bad key {secret}"}, content_type="application/json")
+    with pytest.raises(HTTPStatusError) as info:
+        await run(headers={"Authorization": f"Bearer {secret}"})
+    exc = info.value
+    for text in (str(exc), repr(exc), str(exc.request_info), str(exc.message)):
+        assert secret not in text
+    assert "***" in exc.message
+    assert not exc.request_info.headers
+
+
+async def test_long_text_error_body_snippet(mocked):
+    serve(mocked, status=500, body="E" * 10_000, content_type="text/plain")
+    with pytest.raises(HTTPStatusError) as info:
+        await run()
+    assert len(info.value.message) < 400
+
+
+# --------------------------------------------------------------------------- connection errors
+
+
+def _connector_error(os_error):
+    key = Mock(host="ai.test", port=80, ssl=False)
+    return aiohttp.ClientConnectorError(key, os_error)
+
+
+async def test_connection_refused(mocked):
+    serve(mocked, exception=_connector_error(ConnectionRefusedError(111, "Connection refused")))
+    with pytest.raises(EndpointUnreachableError) as info:
+        await run()
+    text = str(info.value)
+    assert SUBMIT in text and "connection refused" in text and "%config OpchatMagics.url" in text
+    assert isinstance(info.value, ConnectionError) and info.value.url == SUBMIT
+
+
+async def test_dns_failure(mocked):
+    cls = getattr(aiohttp, "ClientConnectorDNSError", aiohttp.ClientConnectorError)
+    serve(mocked, exception=cls(Mock(host="nowhere.invalid", port=80, ssl=False), OSError(-2, "Name or service not known")))
+    with pytest.raises(EndpointUnreachableError, match="DNS"):
+        await run()
+
+
+async def test_server_disconnected_before_answer(mocked):
+    serve(mocked, exception=aiohttp.ServerDisconnectedError())
+    with pytest.raises(EndpointUnreachableError, match="closed the connection"):
+        await run()
+
+
+async def test_connect_timeout(mocked):
+    serve(mocked, exception=aiohttp.ConnectionTimeoutError("Connection timeout to host"))
+    with pytest.raises(StreamTimeoutError, match=r"connect.*connect_timeout=2 s") as info:
+        await run(connect_timeout=2)
+    assert isinstance(info.value, TimeoutError)
+
+
+async def test_read_timeout_before_headers(mocked):
+    serve(mocked, exception=aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+    with pytest.raises(StreamTimeoutError, match=r"no response.*read_timeout=4 s"):
+        await run(read_timeout=4)
+
+
+async def test_client_response_error_never_escapes(mocked):
+    info = aiohttp.RequestInfo(url=SUBMIT, method="POST", headers={"Authorization": "Bearer sk-xyz12345"}, real_url=SUBMIT)
+    serve(mocked, exception=aiohttp.ClientResponseError(info, (), status=407, message="Proxy Authentication Required"))
+    with pytest.raises(HTTPStatusError) as exc_info:
+        await run()
+    assert exc_info.value.status == 407 and "sk-xyz12345" not in repr(exc_info.value) + str(exc_info.value.request_info)
+
+
+async def test_payload_error_mid_stream(mocked, monkeypatch):
+    serve(mocked, body=sse(live("A")))
+    orig = aiohttp.StreamReader.readany
+    reads = []
+
+    async def readany(self):  # the first read works, the second finds the connection broken
+        reads.append(1)
+        if len(reads) > 1:
+            raise aiohttp.ClientPayloadError("Response payload is not completed")
+        return await orig(self)
+
+    monkeypatch.setattr(aiohttp.StreamReader, "readany", readany)
+    stream = Opchatgpts.create_async_generator("", MSGS, url=BASE)
+    got = []
+    with pytest.raises(TruncatedStreamError, match="broke mid-stream") as info:
+        async for c in stream:
+            got.append(c)
+    assert got == ["A"] and info.value.partial == "A"
+
+
+async def test_idle_timeout_mid_stream(mocked, monkeypatch):
+    serve(mocked, body=sse(live("A")))
+    orig = aiohttp.StreamReader.readany
+    reads = []
+
+    async def readany(self):
+        reads.append(1)
+        if len(reads) > 1:
+            raise aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        return await orig(self)
+
+    monkeypatch.setattr(aiohttp.StreamReader, "readany", readany)
+    with pytest.raises(StreamTimeoutError, match=r"stalled: no bytes for read_timeout=3 s") as info:
+        await run(read_timeout=3)
+    assert info.value.partial == "A"
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize("messages, exc, match", [
+    ("Hello", TypeError, "messages must be a list"),
+    (None, TypeError, "messages must be a list"),
+    ([], ValueError, "messages is empty"),
+    (["Hello"], TypeError, r"messages\[0\] must be a dict"),
+    ([{"role": "user"}], ValueError, r"messages\[0\] has no 'content'"),
+    ([{"content": "x"}], ValueError, r"messages\[0\] has no 'role'"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": 5}], TypeError, r"messages\[1\]\['content'\] must be a str"),
+    ([{"role": None, "content": "a"}], TypeError, r"messages\[0\]\['role'\] must be a str"),
+])
+def test_bad_messages_rejected_eagerly(messages, exc, match):
+    with pytest.raises(exc, match=match):
+        Opchatgpts.create_async_generator("", messages, url=BASE)
+
+
+@pytest.mark.parametrize("kw, exc", [({"bot_id": 3}, TypeError), ({"chat_id": 5}, TypeError), ({"nonce": 1}, TypeError),
+                                     ({"url": "nope"}, ValueError)])
+def test_bad_keywords(kw, exc):
+    with pytest.raises(exc):
+        Opchatgpts.create_async_generator("", MSGS, **{"url": BASE, **kw})
+
+
+def test_messages_tuple_accepted():
+    stream = Opchatgpts.create_async_generator("", tuple(MSGS), url=BASE)
+    assert isinstance(stream, ReplyStream)
+
+
+# --------------------------------------------------------------------------- convenience entry points
+
+
+async def test_create_async_joined_text(mocked):
+    serve(mocked)
+    assert await Opchatgpts.create_async("", MSGS, url=BASE) == "Hello"
+
+
+def test_create_completion_without_running_loop(mocked):
+    serve(mocked, repeat=True)
+    assert list(Opchatgpts.create_completion("", MSGS, url=BASE)) == ["Hel", "lo"]
+    assert list(Opchatgpts.create_completion("", MSGS, stream=False, url=BASE)) == ["Hello"]
+
+
+async def test_create_completion_inside_running_loop(mocked):
+    serve(mocked, repeat=True)
+    asyncio.get_running_loop()  # we are inside a loop: no nest_asyncio, no deadlock
+    assert list(Opchatgpts.create_completion("", MSGS, url=BASE)) == ["Hel", "lo"]
+    assert list(Opchatgpts.create_completion("", MSGS, stream=False, url=BASE)) == ["Hello"]
+
+
+def test_create_completion_raises_typed_errors(mocked):
+    serve(mocked, body=sse(live("A")))
+    with pytest.raises(TruncatedStreamError):
+        list(Opchatgpts.create_completion("", MSGS, url=BASE))
+
+
+# --------------------------------------------------------------------------- http.py helpers
+
+
+@pytest.mark.parametrize("body, ctype, expected", [
+    (b'{"message":"m1"}', "application/json", "m1"),
+    (b'{"error":{"message":"m2","code":"c2"}}', "application/json", "m2 (c2)"),
+    (b'{"error":"m3"}', "application/json", "m3"),
+    (b'{"detail":"m4"}', "application/json", "m4"),
+    (b'{"code":"rest_cookie_invalid_nonce","message":"Cookie check failed"}', "application/json",
+     "Cookie check failed (rest_cookie_invalid_nonce)"),
+    (b'{"code":"only_code"}', "application/json", "only_code"),
+    (b"<html><title> Oops </title></html>", "text/html", "Oops"),
+    (b"<html><body><script>x()</script><p>Hi   there</p></body></html>", "text/html", "Hi there"),
+    (b"plain\ntext", "text/plain", "plain text"),
+    (b"", "", "(empty body)"),
+    (b"\xff\xfe", "", "\ufffd\ufffd"),
+])
+def test_error_message(body, ctype, expected):
+    assert http.error_message(body, ctype) == expected
+
+
+def test_error_message_redacts_and_truncates():
+    assert http.error_message(b'{"message":"key sk-abcdef leaked"}', "application/json", ("sk-abcdef",)) == "key *** leaked"
+    assert len(http.error_message(b"x" * 5000, "text/plain")) < 330
+
+
+def test_collect_secrets():
+    secrets = http.collect_secrets({"Authorization": "Bearer tok-12345", "X-WP-Nonce": "abcdef", "Accept": "*/*"},
+                                   "http://user:pw-9999@proxy:1", extra=("extra-1", None))
+    assert set(secrets) == {"Bearer tok-12345", "tok-12345", "abcdef", "pw-9999", "extra-1"}
+    assert secrets[0] == "Bearer tok-12345"  # longest first
+
+
+@pytest.mark.parametrize("first, kind", [
+    (b"data: {}", "sse"), (b"\n: ping\n", "sse"), (b"event: x", "sse"), (b'{"a":1}', "json"), (b" [1]", "json"),
+    (b"<!DOCTYPE html>", "html"), (b"", "empty"), (b"  \n", "empty"), (b"hello", "other"), (b"\xef\xbb\xbfdata: x", "sse"),
+])
+def test_sniff(first, kind):
+    assert http.sniff(first) == kind
+
+
+def test_timeouts_from_kwargs():
+    kw = {"connect_timeout": 1, "read_timeout": None, "other": 1}
+    t = http.Timeouts.from_kwargs(kw)
+    assert (t.connect, t.read) == (1.0, None) and kw == {"other": 1}
+    kw = {"read_timeout": 2}
+    assert http.Timeouts.from_kwargs(kw, pop=False).read == 2.0 and kw == {"read_timeout": 2}
+    assert http.Timeouts() == http.Timeouts(http.DEFAULT_CONNECT_TIMEOUT, http.DEFAULT_READ_TIMEOUT)
+    with pytest.raises(ValueError):
+        http.Timeouts(float("nan"), 1)
+
+
+async def test_session_scope_owns_or_borrows():
+    async with http.session_scope() as own:
+        assert own.trust_env
+    assert own.closed
+    async with aiohttp.ClientSession() as mine:
+        async with http.session_scope(mine) as borrowed:
+            assert borrowed is mine
+        assert not mine.closed
+
+
+async def test_post_json_non_json(mocked):
+    mocked.post(SESSION, body="<html>nope</html>", content_type="text/html")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(NotAnEndpointError, match="JSON"):
+            await http.post_json(session, SESSION, json={})
