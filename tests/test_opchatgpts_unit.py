@@ -787,3 +787,31 @@ async def test_post_json_non_json(mocked):
     async with aiohttp.ClientSession() as session:
         with pytest.raises(NotAnEndpointError, match="JSON"):
             await http.post_json(session, SESSION, json={})
+
+
+async def test_read_body_and_read_first(mocked):
+    mocked.post(SESSION, body=b'  {"a": 1}', content_type="application/json", repeat=True)
+    async with aiohttp.ClientSession() as session:
+        async with http.open_post(session, SESSION, json={}) as response:
+            first = await http.read_first(response, SESSION)
+            assert first == b'  {"a": 1}' and http.sniff(first) == "json"
+            assert await http.read_body(response, 100, first, url=SESSION) == first
+        async with http.open_post(session, SESSION, json={}) as response:
+            with pytest.raises(ValueError, match="larger than 5 bytes"):
+                await http.read_body(response, 5)
+
+
+async def test_json_answer_broken_off(mocked, monkeypatch):
+    serve(mocked, body=b'{"success": true, "reply": "Who', content_type="application/json")
+    orig = aiohttp.StreamReader.readany
+    reads = []
+
+    async def readany(self):
+        reads.append(1)
+        if len(reads) > 1:
+            raise aiohttp.ClientPayloadError("Response payload is not completed")
+        return await orig(self)
+
+    monkeypatch.setattr(aiohttp.StreamReader, "readany", readany)
+    with pytest.raises(TruncatedStreamError, match="broke mid-stream"):
+        await run()

@@ -52,6 +52,7 @@ import asyncio
 import errno
 import json as _json
 import re
+import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Mapping, Optional
@@ -107,6 +108,11 @@ BROWSER_USER_AGENT = (
 # Error bodies and non-streamed JSON answers are read up to these sizes.
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 32 * 1024 * 1024
+
+# getaddrinfo failures (name unknown, temporary failure, no address) as aiohttp's os_error.errno.
+_EAI_CODES = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_NODATA", "EAI_FAIL") if hasattr(socket, name)
+)
 
 _SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-wp-nonce", "cookie", "x-goog-api-key"}
@@ -306,9 +312,7 @@ def _unreachable_reason(exc: BaseException) -> str:
         os_error = getattr(exc, "os_error", None)
         if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
             return "connection refused"
-        if isinstance(os_error, OSError) and getattr(os_error, "errno", None) in (
-            getattr(errno, "EAI_NONAME", -2), -2, -3, -5
-        ):
+        if isinstance(os_error, socket.gaierror) or getattr(os_error, "errno", None) in _EAI_CODES:
             return f"DNS lookup failed for {getattr(exc, 'host', '')!r}"
         return exc.strerror or str(os_error or exc)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -339,15 +343,29 @@ def _map_open_error(exc: BaseException, url: str, timeouts: Timeouts, secrets) -
     return exc
 
 
-async def read_body(response: aiohttp.ClientResponse, limit: int, first: bytes = b"") -> bytes:
-    """Read the body up to ``limit`` bytes (beyond that: ``ValueError``), after ``first``."""
+async def read_body(response: aiohttp.ClientResponse, limit: int, first: bytes = b"", *,
+                    url: Optional[str] = None, timeouts: Optional[Timeouts] = None) -> bytes:
+    """Read the whole body, after ``first``; over ``limit`` bytes raises ``ValueError``.
+
+    With ``url`` given, errors are typed as in :func:`iter_body` (pass ``timeouts``
+    too, for messages that name the read timeout); without it aiohttp's own
+    exceptions pass through, as before.
+    """
     parts = [first] if first else []
     size = len(first)
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"body larger than {limit} bytes")
-        parts.append(chunk)
+    if url is None:
+        body = response.content.iter_any()
+    else:
+        body = iter_body(response, url, timeouts or Timeouts(None, None))
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"body larger than {limit} bytes")
+            parts.append(chunk)
+    finally:
+        if url is not None:
+            await body.aclose()
     return b"".join(parts)
 
 
@@ -454,13 +472,9 @@ async def post_json(
     async with open_post(session, url, json=json, headers=headers, proxy=proxy,
                          timeouts=timeouts, secrets=secrets) as response:
         try:
-            body = await read_body(response, limit)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise TruncatedStreamError(f"the answer from {url} broke off: {_payload_reason(exc)}") from None
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise StreamTimeoutError(f"no bytes from {url} for read_timeout={timeouts.read:g} s") from None
+            body = await read_body(response, limit, url=url, timeouts=timeouts)
         except ValueError:
-            raise NotAnEndpointError(f"{url} answered with more than {limit} bytes, not a small JSON object")
+            raise NotAnEndpointError(f"{url} answered with more than {limit} bytes, not a small JSON object") from None
         try:
             return _json.loads(body)
         except ValueError:

@@ -452,19 +452,11 @@ class Opchatgpts(AsyncGeneratorProvider):
         if kind == "empty":
             raise TruncatedStreamError(f"{url} answered HTTP {response.status} with an empty body", partial="")
         if kind != "json":
-            rest = first
-            if len(rest) < 2048 and not response.content.at_eof():
-                try:
-                    rest = first + await response.content.read(2048)
-                except Exception:
-                    pass
-            raise not_an_endpoint(url, response, rest, secrets)
+            raise not_an_endpoint(url, response, first, secrets)
         try:
-            raw = await read_body(response, MAX_JSON_BODY, first)
+            raw = await read_body(response, MAX_JSON_BODY, first, url=url, timeouts=req.timeouts)
         except ValueError:
             raise NotAnEndpointError(f"{url} answered with a JSON body over {MAX_JSON_BODY} bytes") from None
-        except Exception as exc:
-            raise TruncatedStreamError(f"the JSON answer from {url} broke off: {exc}") from None
         try:
             answer = json.loads(raw)
         except ValueError:

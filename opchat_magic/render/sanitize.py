@@ -1,0 +1,561 @@
+"""Make hostile Markdown (model output) safe to render as a live output.
+
+JupyterLab renders the ``text/markdown`` of live outputs as trusted HTML: raw
+HTML in a reply runs (``<img src=x onerror=...>``), links may be
+``javascript:``. :func:`sanitize_markdown` returns Markdown in which
+
+* every ``<`` that could open a tag, comment, CDATA or processing instruction
+  (``<`` followed by a letter, ``/``, ``!`` or ``?``) is ``&lt;``, except in
+  code that every parser agrees is code, and in ``<http(s)://...>`` /
+  ``<mailto:...>`` / e-mail autolinks;
+* link and image destinations after ``](`` and ``]:`` whose scheme, once
+  entities, backslash escapes, tabs, newlines and leading control characters
+  are resolved the way a browser would, is ``javascript:``, ``vbscript:`` or
+  ``data:`` (other than ``data:image/png|gif|jpeg|webp``) get ``#blocked-``
+  put in front (a harmless fragment link); dangerous autolinks are escaped;
+* fence info strings keep only ``[A-Za-z0-9_+#.-]`` and spaces (JupyterLab's
+  highlighter pastes the info string into ``class="language-..."``);
+* JupyterLab's math pass (``removeMath`` lifts ``$...$``, ``\\(...\\)``,
+  ``\\begin..\\end`` out before ``marked`` runs and pastes it back with only
+  ``& < >`` escaped) can neither carry a ``"`` into an attribute nor cut a code
+  span or fence in two: the math regions are computed exactly as JupyterLab
+  does, offending delimiters are escaped (``\\$`` renders as ``$``), and any raw
+  ``<`` that would stop being code once math is lifted out is escaped.
+
+``&`` is left alone: an entity in text only ever renders as a character, and
+entities are resolved before the scheme check of a destination.
+
+Code is left verbatim only where the reading is unambiguous, because a wrong
+guess ("this is code" when a parser says "this is text") would leave live
+HTML. When unsure, the sanitiser escapes: the worst outcome is a visible
+``&lt;`` inside a code sample, never a live tag. In particular:
+
+* fenced code is code from an opening fence (indent 0-3, no list or quote
+  marker on the line) to its closing fence; a line that could close the fence
+  for one parser and not another (``marked`` accepts ``\u0060\u0060\u0060~``, CommonMark
+  accepts a trailing tab), a less indented line in an indented fence, a
+  fence-looking line behind a list/quote marker or indented 4+, or a fence
+  after a ``]:`` (a link definition title may swallow lines) makes the rest of
+  the text "tainted": all of it is then treated as text;
+* indented code is code only at the very start of the document;
+* an inline code span keeps a raw ``<`` only if it sits on one line, holds no
+  ``|`` (table cells are split first), follows no ``~`` (``marked`` glues
+  ``~\u0060``), no URL in the same word (a bare URL eats backticks), no ``[`` earlier
+  in the paragraph when the span holds ``)`` or ``]`` (a link could end inside
+  it), no ``*``/``_``/``~`` earlier when the span holds one (emphasis could end
+  inside it), and no earlier span in the paragraph crossed a line or ``|``.
+
+The tests check all of this against JupyterLab's own bundled ``marked`` and
+math pass (when node and JupyterLab are installed) with a fuzzer.
+"""
+from __future__ import annotations
+
+import bisect
+import html
+import re
+from typing import List, Optional, Tuple
+
+__all__ = ["sanitize_markdown", "escape_text"]
+
+_PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_TAGLIKE = re.compile(r"<(?=[A-Za-z/!?])")
+_SAFE_AUTOLINK = re.compile(
+    r"<(?:(?:https?|mailto):[A-Za-z0-9\-._~:/?#\[\]@!&()*+,;=%]*"
+    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)>",
+    re.I,
+)
+# A line that some parser may read as a fence: container markers or any
+# indentation, then a run of 3+ backticks or tildes.
+_FENCEISH = re.compile(r"((?:[ \t]*(?:[-+*]|\d{1,9}[.)])(?=[ \t])|[ \t]*>)*[ \t]*)(`{3,}|~{3,})(.*)")
+_OPENER = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
+_INFO_BAD = re.compile(r"[^A-Za-z0-9_+#.\- ]")
+_LINK_DEST = re.compile(r"\]\(|\]:")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};?)")
+_SAFE_DATA = re.compile(r"data:image/(?:png|gif|jpeg|webp)[;,]")
+_BLOCKED = "#blocked-"
+
+
+def escape_text(text: str) -> str:
+    """Plain text as inert Markdown: ASCII punctuation escaped (``@`` and
+    ``"`` as entities, see :func:`_inline`), on one line."""
+    text = " ".join(text.split())
+    out = []
+    for c in text:
+        if c == "@":
+            out.append("&#64;")
+        elif c == '"':
+            out.append("&quot;")
+        elif c in _PUNCT:
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _indent(line: str) -> int:
+    col = 0
+    for ch in line:
+        if ch == " ":
+            col += 1
+        elif ch == "\t":
+            col += 4 - col % 4
+        else:
+            break
+    return col
+
+
+def _blank(line: str) -> bool:
+    return not line.strip(" \t")
+
+
+# ---------------------------------------------------------------------------
+# destinations
+def _dangerous_url(s: str, i: int, n: int) -> bool:
+    """Would the destination starting at ``s[i]`` (text ends at ``n``) have a script-capable scheme?"""
+    out: List[str] = []
+    junk = 0
+    while i < n and len(out) < 40:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
+            chars, i = s[i + 1], i + 2
+        elif c == "&":
+            m = _ENTITY.match(s, i)
+            dec = html.unescape(m.group(0)) if m else c
+            if m and dec != m.group(0):
+                chars, i = dec, m.end()
+            else:
+                chars, i = c, i + 1
+        else:
+            chars, i = c, i + 1
+        for ch in chars:
+            if ch in "\t\n\r":
+                continue  # browsers drop these anywhere in a URL
+            if not out and ord(ch) <= 0x20:
+                junk += 1  # browsers strip leading C0 controls and spaces
+                if junk > 4096:
+                    return True
+                continue
+            out.append(ch.lower())
+        if out and out[-1] in " )>\"'":
+            break
+    url = "".join(out)
+    if url.startswith(("javascript:", "vbscript:")):
+        return True
+    return url.startswith("data:") and not _SAFE_DATA.match(url)
+
+
+# ---------------------------------------------------------------------------
+# the plan: which '<' may stay raw, what to edit
+class _Plan:
+    __slots__ = ("edits", "allowed", "code", "fences")
+
+    def __init__(self) -> None:
+        self.edits: List[Tuple[int, int, str]] = []  # (pos, length removed, inserted)
+        self.allowed: List[Tuple[int, int]] = []  # raw '<' may stay here
+        self.code: List[Tuple[int, int]] = []  # literal code (fences, spans, indented)
+        self.fences: List[Tuple[int, int, str]] = []  # fenced content + language
+
+    def is_allowed(self, pos: int) -> bool:
+        return _inside(self.allowed, pos)
+
+
+def _inside(ranges: List[Tuple[int, int]], pos: int) -> bool:
+    k = bisect.bisect_right(ranges, (pos, float("inf"))) - 1
+    return k >= 0 and ranges[k][0] <= pos < ranges[k][1]
+
+
+def _lines(text: str):
+    pos = 0
+    n = len(text)
+    while pos <= n:
+        nl = text.find("\n", pos)
+        if nl == -1:
+            yield pos, n
+            return
+        yield pos, nl
+        pos = nl + 1
+
+
+def _strict_close(line: str, ch: str, n: int) -> bool:
+    body = line.lstrip(" ")
+    if len(line) - len(body) > 3:
+        return False
+    run = len(body) - len(body.lstrip(ch))
+    return run >= n and not body[run:].strip(" \t")
+
+
+def _loose_close(line: str, opener: str) -> bool:
+    """marked: `` {0,3}<opener>[~`]* *$``."""
+    body = line.lstrip(" ")
+    if len(line) - len(body) > 3 or not body.startswith(opener):
+        return False
+    rest = body[len(opener) :].lstrip("~`")
+    return not rest.strip(" ")
+
+
+def _closeish(line: str, ch: str, n: int, opener: str) -> bool:
+    """Could this line close the fence in some container, at any indentation?"""
+    body = line.lstrip(" \t")
+    run = len(body) - len(body.lstrip(ch))
+    if run >= n and not body[run:].strip(" \t"):
+        return True
+    return body.startswith(opener) and not body[len(opener) :].lstrip("~`").strip(" ")
+
+
+def _plan(text: str) -> _Plan:
+    plan = _Plan()
+    mode = "text"  # text | fence | indent
+    tainted = False
+    refdef = False
+    leading = True
+    fence = None  # (indent, char, length, run, lang, content_start)
+    chunk_start: Optional[int] = None
+    chunk_end = 0
+
+    def flush() -> None:
+        nonlocal chunk_start
+        if chunk_start is not None:
+            _inline(text, chunk_start, chunk_end, plan)
+            chunk_start = None
+
+    def add_text(a: int, b: int) -> None:
+        nonlocal chunk_start, chunk_end
+        if chunk_start is None:
+            chunk_start = a
+        chunk_end = b
+
+    for a, b in _lines(text):
+        line = text[a:b]
+        if mode == "indent":
+            if _blank(line) or _indent(line) >= 4:
+                plan.allowed.append((a, b))
+                plan.code.append((a, b))
+                continue
+            mode = "text"
+        if mode == "fence":
+            k, ch, n, run, lang, cstart = fence
+            done = False
+            if _blank(line):
+                continue
+            strict = _strict_close(line, ch, n)
+            loose = _loose_close(line, run)
+            spaces = len(line) - len(line.lstrip(" "))
+            if strict and loose and spaces >= k:
+                done = True
+            elif strict or loose:
+                tainted = True
+            elif k >= 1 and (_indent(line) < k or _closeish(line, ch, n, run)):
+                tainted = True
+            if done or tainted:
+                if cstart < a:
+                    plan.allowed.append((cstart, a))
+                    plan.code.append((cstart, a))
+                    plan.fences.append((cstart, a, lang))
+                mode = "text"
+                if done:
+                    continue
+            else:
+                continue
+        # text mode
+        if leading:
+            if _blank(line):
+                continue
+            leading = False
+            if _indent(line) >= 4 and not _FENCEISH.match(line):
+                mode = "indent"
+                plan.allowed.append((a, b))
+                plan.code.append((a, b))
+                continue
+        if _blank(line):
+            flush()
+            continue
+        if not tainted:
+            m = _OPENER.match(line)
+            if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
+                if refdef:
+                    tainted = True
+                else:
+                    flush()
+                    run = m.group(2)
+                    lang = (m.group(3).split() or [""])[0].lower()
+                    fence = (len(m.group(1)), run[0], len(run), run, lang, b + 1)
+                    mode = "fence"
+                    continue
+            else:
+                f = _FENCEISH.match(line)
+                if f and not (f.group(2)[0] == "`" and "`" in f.group(3)):
+                    tainted = True
+            if "]:" in line:
+                refdef = True
+        add_text(a, b)
+    if mode == "fence":
+        cstart = fence[5]
+        if cstart < len(text):
+            plan.allowed.append((cstart, len(text)))
+            plan.code.append((cstart, len(text)))
+            plan.fences.append((cstart, len(text), fence[4]))
+    flush()
+    plan.allowed.sort()
+    plan.code.sort()
+    plan.edits.sort(key=lambda e: (e[0], e[1]))
+    return plan
+
+
+def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
+    """Plan the edits of one run of text lines ``s[a:b]`` (no blank line inside)."""
+    # maximal backtick runs, by length, for finding closers
+    runs: dict = {}
+    for m in re.finditer(r"`+", s[a:b]):
+        runs.setdefault(len(m.group(0)), []).append(m.start() + a)
+    first_bracket = s.find("[", a, b)
+    first_bracket = b if first_bracket == -1 else first_bracket
+    emph = [p for p in (s.find(c, a, b) for c in "*_~") if p != -1]
+    first_emph = min(emph) if emph else b
+    edits = plan.edits
+    unsure = False
+    i = a
+    while i < b:
+        c = s[i]
+        if c == "\\" and i + 1 < b and s[i + 1] in _PUNCT:
+            if s[i + 1] == "@":
+                # "\@" renders "@": it could forge JupyterLab's "@@0@@" math
+                # placeholders (pasted back verbatim, even into attributes)
+                edits.append((i, 2, "&#64;"))
+            i += 2
+            continue
+        if c == "`":
+            j = i
+            while j < b and s[j] == "`":
+                j += 1
+            n = j - i
+            # the closer: the next maximal run of the same length (backslashes
+            # are literal inside a code span, so raw runs are right here)
+            starts = runs.get(n, [])
+            k = bisect.bisect_left(starts, j)
+            close = starts[k] if k < len(starts) else None
+            if close is None:
+                i = j
+                continue
+            content = s[j:close]
+            single = "\n" not in content and "|" not in content
+            raw_ok = single and not unsure and _span_ok(s, a, i, content, first_bracket, first_emph)
+            if not single:
+                unsure = True
+            plan.code.append((j, close))
+            if raw_ok:
+                plan.allowed.append((j, close))
+            else:
+                for m in _TAGLIKE.finditer(content):
+                    edits.append((j + m.start(), 1, "&lt;"))
+            i = close + n
+            continue
+        if c == "<":
+            m = _SAFE_AUTOLINK.match(s, i, b)
+            if m:
+                plan.allowed.append((i, i + 1))
+                i = m.end()
+                continue
+            if i + 1 < b and (s[i + 1].isascii() and s[i + 1].isalpha() or s[i + 1] in "/!?"):
+                edits.append((i, 1, "&lt;"))
+        i += 1
+    # destinations: after every "](" and "]:", wherever it is (even in code spans)
+    for m in _LINK_DEST.finditer(s, a, b):
+        p = m.end()
+        while p < b and s[p] in " \t\n":
+            p += 1
+        q = p + 1 if p < b and s[p] == "<" else p
+        if q < b and _dangerous_url(s, q, b):
+            edits.append((p, 0, _BLOCKED))
+
+
+def _span_ok(s: str, a: int, start: int, content: str, first_bracket: int, first_emph: int) -> bool:
+    if start > a and s[start - 1] == "~":
+        return False
+    if first_bracket < start and (")" in content or "]" in content):
+        return False
+    if first_emph < start and any(c in content for c in "*_~"):
+        return False
+    # the word before the span: a bare URL there would swallow the backticks
+    w = start
+    lo = max(a, start - 2000)
+    while w > lo and s[w - 1] not in " \t\n":
+        w -= 1
+    if w == lo and lo > a:
+        return False
+    word = s[w:start].lower()
+    return "://" not in word and "www." not in word
+
+
+def _apply(text: str, edits: List[Tuple[int, int, str]]) -> str:
+    if not edits:
+        return text
+    out = []
+    pos = 0
+    for p, n, ins in edits:
+        if p < pos:  # overlapping edit (same char escaped twice): skip
+            continue
+        out.append(text[pos:p])
+        out.append(ins)
+        pos = p + n
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _clean_info(text: str) -> str:
+    """Fence info strings: keep ``[A-Za-z0-9_+#.-]`` and spaces, on every fence-like line."""
+    if "``" not in text and "~~" not in text:
+        return text
+    out = []
+    for a, b in _lines(text):
+        line = text[a:b]
+        m = _FENCEISH.match(line)
+        if m and m.group(3) and not (m.group(2)[0] == "`" and "`" in m.group(3)):
+            line = line[: m.end(2)] + _INFO_BAD.sub("", m.group(3))
+        out.append(line)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# JupyterLab's math pass (rendermime latex.ts removeMath), reproduced exactly
+_JS_S = "\t\n\x0b\x0c\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_MATHSPLIT = re.compile(
+    r"(\$\$?|\\(?:begin|end)\{[a-z]*\*?\}|\\[{}$]|[{}]|(?:\n[" + _JS_S + r"]*)+|@@\d+@@|\\\\[()[\]])",
+    re.I,
+)
+_JS_TWO_LINES = re.compile(r"\n[^\n\r\u2028\u2029]*\n")
+_JL_FENCE = re.compile(r"^(?P<fence>`{3,}|(~T){3,})[^`\n]*\n([\s\S]*?)^(?P=fence)`*$", re.M)
+_JL_SPAN = re.compile(r"(^|[^\\])(`+)([^\n]*?[^`\n])\2(?!`)", re.M)
+
+
+def _jl_math_regions(text: str) -> List[Tuple[int, int, str, str]]:
+    """Spans JupyterLab lifts out as math: (start, end, open token, close token)."""
+    t = text
+    if "`" in t or "~~~" in t:
+        t = t.replace("~", "~T")
+        t = _JL_FENCE.sub(lambda m: m.group(0).replace("$", "~D"), t)
+        t = _JL_SPAN.sub(lambda m: m.group(0).replace("$", "~D"), t)
+    t = t.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = _MATHSPLIT.split(t)
+    offs = [0]
+    for blk in blocks:
+        offs.append(offs[-1] + len(blk) - blk.count("~"))
+    regions: List[Tuple[int, int, str, str]] = []
+
+    def process(i0: int, i1: int) -> None:
+        regions.append((offs[i0], offs[i1 + 1], blocks[i0], blocks[i1]))
+
+    start = end = last = None
+    braces = 0
+    i = 1
+    nb = len(blocks)
+    while i < nb:
+        blk = blocks[i]
+        if blk[:1] == "@":
+            pass
+        elif start is not None:
+            if blk == end:
+                if braces:
+                    last = i
+                else:
+                    process(start, i)
+                    start = end = last = None
+            elif _JS_TWO_LINES.search(blk):
+                if last is not None:
+                    i = last
+                    process(start, i)
+                start = end = last = None
+                braces = 0
+            elif blk == "{":
+                braces += 1
+            elif blk == "}" and braces:
+                braces -= 1
+        elif blk in ("$", "$$"):
+            start, end, braces = i, blk, 0
+        elif blk in ("\\\\(", "\\\\["):
+            start, braces = i, 0
+            end = "\\\\)" if blk[-1] == "(" else "\\\\]"
+        elif blk[1:6] == "begin":
+            start, braces = i, 0
+            end = "\\end" + blk[6:]
+        i += 2
+    if start is not None and last is not None:
+        process(start, last)
+    return regions
+
+
+def _neutralise(token: str) -> str:
+    if token[0] == "$":
+        return "\\$" * len(token)
+    if token.startswith("\\\\"):
+        return "\\\\&#%d;" % ord(token[2])
+    return "&#92;" + token[1:]
+
+
+def _math_guard(s: str) -> str:
+    """Keep JupyterLab's math pass from re-opening what the sanitiser closed."""
+    for _round in range(12):
+        if "$" not in s and "\\" not in s:
+            return s
+        regions = _jl_math_regions(s)
+        if not regions:
+            return s
+        plan = _plan(s)
+        edits: List[Tuple[int, int, str]] = []
+        for r0, r1, t0, t1 in regions:
+            if '"' not in s[r0:r1]:
+                continue
+            if any(f0 <= r0 and r1 <= f1 and lang != "mermaid" for f0, f1, lang in plan.fences):
+                continue  # plain text inside a code block
+            if _round < 8 and not _inside(plan.code, r0):
+                edits.append((r0, len(t0), _neutralise(t0)))
+            elif _round < 8 and not _inside(plan.code, r1 - len(t1)):
+                edits.append((r1 - len(t1), len(t1), _neutralise(t1)))
+            else:
+                edits.extend((r0 + k, 1, "&quot;") for k, ch in enumerate(s[r0:r1]) if ch == '"')
+        if edits:
+            edits.sort(key=lambda e: (e[0], e[1]))
+            s = _apply(s, edits)
+            continue
+        # structure: lift the math out as JupyterLab does and re-read the rest
+        pieces = []
+        spans = []  # (s_start, s_end, p_start) for text kept as is
+        pos = ppos = 0
+        for idx, (r0, r1, _t0, _t1) in enumerate(sorted(regions)):
+            pieces.append(s[pos:r0])
+            spans.append((pos, r0, ppos))
+            ppos += r0 - pos
+            ph = "@@%d@@" % idx
+            pieces.append(ph)
+            ppos += len(ph)
+            pos = r1
+        pieces.append(s[pos:])
+        spans.append((pos, len(s), ppos))
+        p = "".join(pieces)
+        pplan = _plan(p)
+        for s0, s1, p0 in spans:
+            for m in _TAGLIKE.finditer(s, s0, s1):
+                if plan.is_allowed(m.start()) and not pplan.is_allowed(p0 + m.start() - s0):
+                    edits.append((m.start(), 1, "&lt;"))
+        return _apply(s, edits)
+    # did not settle: escape every tag opener and quote inside math
+    edits = [(m.start(), 1, "&lt;") for m in _TAGLIKE.finditer(s)]
+    for r0, r1, _t0, _t1 in _jl_math_regions(s):
+        edits.extend((r0 + k, 1, "&quot;") for k, ch in enumerate(s[r0:r1]) if ch == '"')
+    edits.sort(key=lambda e: (e[0], e[1]))
+    return _apply(s, edits)
+
+
+def sanitize_markdown(block: str) -> str:
+    """Return ``block`` made safe to render as one Markdown output (see module doc)."""
+    if not block:
+        return block
+    text = block
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    text = _clean_info(text)
+    plan = _plan(text)
+    out = _apply(text, plan.edits)
+    return _math_guard(out)
