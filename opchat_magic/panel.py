@@ -356,9 +356,10 @@ class ChatPanel:
         try:
             with self._lock:
                 self._rebuild(create=True)  # catch up with cells before the new turn appears
-                renderer = Renderer(WidgetFace(), interval=self.interval)
+                face = WidgetFace()
+                renderer = Renderer(face, interval=self.interval)
                 user = self._message_widget("user", chat.turn.user)
-                answer = w.VBox([self._role("Assistant"), renderer.widget], layout=w.Layout(width="100%"))
+                answer = w.VBox([self._role("Assistant"), face.widget], layout=w.Layout(width="100%"))
                 answer.add_class("opchat-msg")
                 answer.add_class("opchat-msg-assistant")
                 turn_box = w.VBox([user, answer], layout=w.Layout(width="100%"))

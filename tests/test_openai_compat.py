@@ -44,21 +44,6 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-class _CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds ClientResponse without ``stream_writer``, which aiohttp 3.14 requires."""
-
-    def __init__(self, method, url, **kwargs):
-        kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def aioresponses_compat(monkeypatch):
-    import aioresponses.core
-
-    monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
-
-
 def chunk(content=None, *, role=None, finish=None, usage=None, choices=True) -> bytes:
     delta = {}
     if role:

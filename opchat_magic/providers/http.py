@@ -50,6 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import ssl
+import threading
 import json as _json
 import re
 import socket
@@ -281,6 +284,39 @@ def not_an_endpoint(url: str, response: aiohttp.ClientResponse, body: bytes = b"
     )
 
 
+# ---------------------------------------------------------------- TLS
+
+
+_ssl_lock = threading.Lock()
+_ssl_cache: dict = {}
+
+
+def ssl_context_from_env() -> Optional[ssl.SSLContext]:
+    """A verifying SSL context trusting ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, or None if neither is set.
+
+    aiohttp's default context is built when aiohttp is imported, so a CA bundle
+    set later (in a notebook cell, say) would be ignored without this. Contexts
+    are cached per (file, dir, file mtime). A file that cannot be read raises
+    ``ssl.SSLError`` / ``OSError`` naming it.
+    """
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if not cafile and not capath:
+        return None
+    try:
+        mtime = os.stat(cafile).st_mtime_ns if cafile else None
+    except OSError as exc:
+        raise OSError(f"SSL_CERT_FILE={cafile!r} cannot be read: {exc.strerror or exc}") from None
+    key = (cafile, capath, mtime)
+    with _ssl_lock:
+        ctx = _ssl_cache.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=cafile, capath=capath)
+            _ssl_cache.clear()
+            _ssl_cache[key] = ctx
+        return ctx
+
+
 # ---------------------------------------------------------------- sessions and requests
 
 
@@ -293,7 +329,8 @@ async def session_scope(session: Optional[aiohttp.ClientSession] = None) -> Asyn
     if session is not None:
         yield session
         return
-    own = aiohttp.ClientSession(trust_env=True)
+    ctx = ssl_context_from_env()
+    own = aiohttp.ClientSession(trust_env=True, connector=aiohttp.TCPConnector(ssl=ctx) if ctx else None)
     try:
         yield own
     finally:
@@ -400,7 +437,9 @@ async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> 
         message += f" (Retry-After: {snippet(retry_after, 40)})"
     if response.history and str(response.url) != url:
         message += f" (after a redirect to {response.url})"
-    return HTTPStatusError(url, response.status, message)
+    error = HTTPStatusError(url, response.status, message)
+    error.retry_after = retry_after  # read by failover's backoff; the header text as sent
+    return error
 
 
 async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -433,10 +472,11 @@ async def open_post(
     cancelled stream really closes its connection at once).
     """
     secrets = tuple(secrets) + collect_secrets(headers, proxy)
+    ctx = ssl_context_from_env()  # per request too, so a shared session honours SSL_CERT_FILE
     try:
         response = await session.post(
             url, json=json, headers=headers, proxy=proxy,
-            timeout=timeouts.client_timeout(), raise_for_status=False,
+            timeout=timeouts.client_timeout(), raise_for_status=False, ssl=ctx if ctx else True,
         )
     except asyncio.CancelledError:
         raise

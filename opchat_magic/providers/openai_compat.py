@@ -57,8 +57,6 @@ import asyncio
 import json
 import logging
 import os
-import ssl
-import threading
 from typing import Any, AsyncIterator, Optional
 
 import aiohttp
@@ -75,6 +73,8 @@ from ..errors import (
 from ..sse import DEFAULT_MAX_LINE_BYTES, EventDecoder, LineDecoder
 from .base import AsyncGeneratorProvider, Usage
 from .http import (
+    session_scope,
+    ssl_context_from_env,
     MAX_JSON_BODY,
     Timeouts,
     collect_secrets,
@@ -129,57 +129,6 @@ class _ModelDefault:
         return os.environ.get(MODEL_ENV, "").strip() or (owner.fallback_model or "")
 
 
-# ---------------------------------------------------------------- TLS
-
-
-_ssl_lock = threading.Lock()
-_ssl_cache: dict = {}
-
-
-def ssl_context_from_env() -> Optional[ssl.SSLContext]:
-    """A verifying SSL context trusting ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, or None if neither is set.
-
-    aiohttp's default context is built when aiohttp is imported, so a CA bundle
-    set later (in a notebook cell, say) would be ignored without this. Contexts
-    are cached per (file, dir, file mtime). A file that cannot be read raises
-    ``ssl.SSLError`` / ``OSError`` naming it.
-    """
-    cafile = os.environ.get("SSL_CERT_FILE") or None
-    capath = os.environ.get("SSL_CERT_DIR") or None
-    if not cafile and not capath:
-        return None
-    try:
-        mtime = os.stat(cafile).st_mtime_ns if cafile else None
-    except OSError as exc:
-        raise OSError(f"SSL_CERT_FILE={cafile!r} cannot be read: {exc.strerror or exc}") from None
-    key = (cafile, capath, mtime)
-    with _ssl_lock:
-        ctx = _ssl_cache.get(key)
-        if ctx is None:
-            ctx = ssl.create_default_context(cafile=cafile, capath=capath)
-            _ssl_cache.clear()
-            _ssl_cache[key] = ctx
-        return ctx
-
-
-class _Session:
-    """The caller's session, or a new ``trust_env=True`` one (with the env CA bundle) closed on exit."""
-
-    def __init__(self, session: Optional[aiohttp.ClientSession]):
-        self._given = session
-        self._own: Optional[aiohttp.ClientSession] = None
-
-    async def __aenter__(self) -> aiohttp.ClientSession:
-        if self._given is not None:
-            return self._given
-        ctx = ssl_context_from_env()
-        connector = aiohttp.TCPConnector(ssl=ctx) if ctx is not None else None
-        self._own = aiohttp.ClientSession(trust_env=True, connector=connector)
-        return self._own
-
-    async def __aexit__(self, *exc) -> None:
-        if self._own is not None:
-            await self._own.close()
 
 
 # ---------------------------------------------------------------- the provider
@@ -255,7 +204,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
             log.debug("%s ignores keyword arguments %s", cls.__name__, sorted(kwargs))
         url = base_url + "/chat/completions"
 
-        async with _Session(session) as http:
+        async with session_scope(session) as http:
             if not model:
                 model = cls.default_model or ""
                 if not model and cls.discover_model:

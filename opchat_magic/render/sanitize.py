@@ -322,6 +322,9 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
                 # "\@" renders "@": it could forge JupyterLab's "@@0@@" math
                 # placeholders (pasted back verbatim, even into attributes)
                 edits.append((i, 2, "&#64;"))
+            elif s[i + 1] == "<":
+                # not a safe escape: marked's bare-URL rule swallows the "\"
+                edits.append((i, 2, "&lt;"))
             i += 2
             continue
         if c == "`":

@@ -1,0 +1,263 @@
+"""ChatPanel in a real ipykernel, talking to the local server over 127.0.0.1.
+
+The panel is driven the way its buttons drive it (``panel.send()``,
+``panel.stop()``, ``panel.retry()``); every wait polls a kernel value with a
+deadline, so a hang fails fast instead of eating the suite's timeout.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from opchat_magic.server import LocalServer, reply_text
+from opchat_magic.testing.kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalServer(delay=0.01) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def kernel(server, tmp_path_factory):
+    notebook = tmp_path_factory.mktemp("nb") / "panel.ipynb"
+    k = Kernel(env={"JPY_SESSION_NAME": str(notebook)})
+    k.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}\n"
+          "from opchat_magic.panel import ChatPanel, SEND_MARK, show_panel\n"
+          "from IPython import get_ipython\n"
+          "magics = get_ipython().magics_manager.registry['OpchatMagics']\n"
+          "panels = []\n"
+          "def new_panel(**kw):\n"
+          "    p = ChatPanel(**kw); panels.append(p); return p\n")
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fresh(kernel, server):
+    server.clear_fault()
+    kernel.run("for _p in panels: _p.close()\npanels.clear()\n%opchat_reset --all")
+    kernel.run("panel = new_panel(thread='default')")
+    yield
+
+
+def user(*texts):
+    """The message list the server sees for a thread whose turns were ``texts``."""
+    messages = []
+    for i, t in enumerate(texts):
+        messages.append({"role": "user", "content": t})
+        if i < len(texts) - 1:
+            messages.append({"role": "assistant", "content": reply_text(messages)})
+    return messages
+
+
+def history(*texts):
+    """The committed history after turns ``texts`` (user/assistant dicts)."""
+    out = []
+    for i, t in enumerate(texts):
+        out.append({"role": "user", "content": t})
+        out.append({"role": "assistant", "content": reply_text(user(*texts[: i + 1]))})
+    return out
+
+
+def wait_for(kernel, expression, timeout=30.0, interval=0.05):
+    """Poll ``expression`` in the kernel until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = kernel.value(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{expression!r} still falsy after {timeout} s")
+        time.sleep(interval)
+
+
+def wait_idle(kernel, name="panel", timeout=30.0):
+    wait_for(kernel, f"not {name}.busy", timeout=timeout)
+
+
+def messages(kernel, name="panel"):
+    return kernel.value(f"[m.to_dict() for m in {name}.thread.messages]")
+
+
+def test_send_streams_without_blocking_the_kernel(kernel, server):
+    text = "hello [[chunks:120]] [[delay:0.02]]"  # ~2.4 s of streaming
+    started = time.monotonic()
+    kernel.run(f"panel.input.value = {text!r}\n_chat = panel.send()")
+    assert time.monotonic() - started < 1.0, "send() must return at once"
+    assert kernel.value("panel.busy") is True
+    assert kernel.value("panel.input.value") == ""
+    assert kernel.value("panel.send_button.disabled") is True
+    assert kernel.value("panel.stop_button.disabled") is False
+    # Other cells run while the panel streams.
+    t0 = time.monotonic()
+    ex = kernel.run("1+1")
+    assert time.monotonic() - t0 < 1.0
+    assert ex.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "2"
+    # The transcript grows while the reply streams.
+    expected = reply_text(user(text), chunk_size=server.config.chunk_size)
+    partial = wait_for(kernel, "panel.busy and 0 < len(_chat.text) < len(_chat.reply.text or 'x'*10**6) "
+                               "and panel.transcript_markdown()", timeout=10)
+    assert "hello" in partial
+    assert kernel.value("panel.busy") is True, "the reply should still be streaming"
+    assert "Streaming" in kernel.value("panel.status_text")
+    wait_idle(kernel)
+    assert messages(kernel) == [{"role": "user", "content": text}, {"role": "assistant", "content": expected}]
+    shown = kernel.value("panel.transcript_markdown()")
+    assert expected.split()[-1].strip("`*") in shown
+    status = kernel.value("panel.status_text")
+    assert status.startswith("✓") and "tokens" in status and "first chunk" in status, status
+    assert kernel.value("panel.send_button.disabled") is False
+    assert kernel.value("panel.stop_button.disabled") is True
+    assert kernel.value("panel.retry_button.layout.display") == "none"
+
+
+def test_enter_marker_sends(kernel):
+    # What the front-end helper does on Enter: the value arrives with SEND_MARK appended.
+    kernel.run("panel.input.value = 'via enter' + SEND_MARK")
+    wait_idle(kernel)
+    assert messages(kernel) == history("via enter")
+    assert kernel.value("panel.input.value") == ""
+
+
+def test_panel_and_cells_share_one_history(kernel):
+    kernel.run("panel.send('one')")
+    wait_idle(kernel)
+    ex = kernel.run("%%opchat\ntwo")
+    assert reply_text(user("one", "two")) in ex.markdown()
+    # The panel's transcript picks up the cell's turn by itself.
+    wait_for(kernel, f"{reply_text(user('one', 'two'))!r} in panel.transcript_markdown()", timeout=10)
+    kernel.run("panel.send('three')")
+    wait_idle(kernel)
+    assert messages(kernel) == history("one", "two", "three")
+    shown = kernel.value("panel.transcript_markdown()")
+    for t in ("one", "two", "three"):
+        assert shown.count(reply_text(user(*["one", "two", "three"][: ["one", "two", "three"].index(t) + 1]))) == 1
+    # A cell sees the panel's turns too.
+    ex = kernel.run("%%opchat\nfour")
+    assert reply_text(user("one", "two", "three", "four")) in ex.markdown()
+
+
+def test_stop_closes_the_connection_and_keeps_the_partial_reply(kernel, server):
+    kernel.run("panel.send('first')")
+    wait_idle(kernel)
+    before = server.stats.disconnects
+    kernel.run("_chat = panel.send('long one [[chunks:400]] [[delay:0.02]]')")
+    wait_for(kernel, "len(_chat.text) > 20", timeout=10)
+    stopped_at = time.monotonic()
+    kernel.run("panel.stop()")
+    wait_idle(kernel, timeout=5)
+    stats = server.wait_for(lambda st: st.disconnects > before, timeout=3)
+    assert stats.disconnects == before + 1
+    assert stats.disconnect_events[-1]["at"] - stopped_at < 1.5
+    failed = kernel.value("(lambda t: [t.status, t.reply, t.user])(panel.thread.last_failed)")
+    assert failed[0] == "stopped" and failed[1] and failed[2].startswith("long one")
+    assert messages(kernel) == history("first")  # the stopped turn stays out of history
+    shown = kernel.value("panel.transcript_markdown()")
+    assert failed[1][:20] in shown  # the partial reply stays visible...
+    assert "stopped" in shown.lower()  # ...marked as stopped
+    assert "Stopped" in kernel.value("panel.status_text")
+    assert kernel.value("panel.retry_button.layout.display") is None
+    assert kernel.value("panel.send_button.disabled") is False
+    # Send again: the stopped turn was not sent as history.
+    kernel.run("panel.send('after')")
+    wait_idle(kernel)
+    assert messages(kernel) == history("first", "after")
+
+
+def test_error_shows_status_and_retry_sends_it_again(kernel, server):
+    kernel.run("panel.send('kept')")
+    wait_idle(kernel)
+    server.set_fault("http_500", count=1)
+    kernel.run("panel.send('this one fails')")
+    wait_idle(kernel)
+    status = kernel.value("panel.status_text")
+    assert "HTTP 500" in status and "Retry" in status, status
+    assert messages(kernel) == history("kept")  # nothing added on failure
+    assert kernel.value("panel.thread.last_failed.status") == "failed"
+    assert kernel.value("panel.retry_button.layout.display") is None
+    assert "Failed" in kernel.value("panel.transcript_markdown()") or "HTTP 500" in kernel.value(
+        "panel.transcript_markdown()")
+    kernel.run("panel.retry()")
+    wait_idle(kernel)
+    assert messages(kernel) == history("kept", "this one fails")
+    assert kernel.value("panel.thread.last_failed") is None
+    assert kernel.value("panel.retry_button.layout.display") == "none"
+    shown = kernel.value("panel.transcript_markdown()")
+    assert shown.count("this one fails") == 2  # the user message and the echo of its reply, once
+    assert "HTTP 500" not in shown
+
+
+def test_busy_thread_is_reported(kernel):
+    # A turn pending on the thread (as a streaming %%opchat cell leaves it): Send says so.
+    kernel.run("_held = panel.thread.begin('held elsewhere')")
+    assert kernel.value("panel.send('mine') is None") is True
+    assert "busy" in kernel.value("panel.status_text").lower()
+    kernel.run("panel.thread.fail(_held, error='released')")
+    # Two panels on one thread: the second is told the thread is busy, nothing is lost.
+    kernel.run("other = new_panel(thread='default')\n"
+               "_chat = panel.send('streaming [[chunks:300]] [[delay:0.02]]')")
+    assert kernel.value("other.send('second') is None") is True
+    assert "busy" in kernel.value("other.status_text").lower()
+    # A cell on the same thread meanwhile is refused too, not interleaved.
+    ex = kernel.run("%%opchat\nfrom a cell", check=False)
+    assert ex.status == "error" and ex.error["ename"] == "UsageError"
+    wait_for(kernel, "'elsewhere' in other.status_text", timeout=5)
+    kernel.run("panel.stop()")
+    wait_idle(kernel)
+    assert messages(kernel) == []
+    kernel.run("other.send('second')")
+    wait_idle(kernel, "other")
+    assert messages(kernel, "other") == history("second")
+    # The first panel shows the other panel's turn after its next look at the thread.
+    wait_for(kernel, f"{reply_text(user('second'))!r} in panel.transcript_markdown()", timeout=10)
+
+
+def test_threads_selector_and_model(kernel):
+    kernel.run("panel.send('on default')")
+    wait_idle(kernel)
+    kernel.run("panel.new_thread.value = 'side'\npanel._new_thread()")
+    assert kernel.value("panel.thread.name") == "side"
+    assert "side" in kernel.value("list(panel.thread_select.options)")
+    assert kernel.value("panel.transcript_markdown()") == ""
+    kernel.run("panel.model.value = 'my-model'\npanel.send('on side')")
+    wait_idle(kernel)
+    assert messages(kernel) == history("on side")
+    assert kernel.value("panel.thread.turns[-1].model") == "my-model"
+    kernel.run("panel.thread_select.value = 'default'")
+    assert kernel.value("panel.thread.name") == "default"
+    assert reply_text(user("on default")) in kernel.value("panel.transcript_markdown()")
+    # Provider choices come from the registry.
+    providers = kernel.value("list(panel.provider_select.options)")
+    assert "opchatgpts" in providers and "openai" in providers
+    # A thread made by a cell shows up in the selector.
+    kernel.run("%%opchat -t from_cell\nhi")
+    wait_for(kernel, "'from_cell' in panel.thread_select.options", timeout=10)
+
+
+def test_hostile_reply_is_sanitised(kernel):
+    kernel.run("panel.send('[[html]]')")
+    wait_idle(kernel)
+    shown = kernel.value("panel.transcript_markdown()")
+    assert "Hostile reply" in shown
+    assert "<img" not in shown and "<script" not in shown and "javascript:" not in shown.lower()
+
+
+def test_constructors(kernel):
+    # magics=None: the loaded extension's OpchatMagics, so one shared conversation.
+    assert kernel.value("panel.magics is magics") is True
+    assert kernel.value("panel.conversation is magics.conversation") is True
+    ex = kernel.run("_shown = show_panel(magics, thread='shown')")
+    assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+               for m in ex.of_type("display_data"))
+    assert kernel.value("_shown.thread.name") == "shown"
+    assert kernel.value("repr(_shown)").startswith("<ChatPanel")
+    kernel.run("_shown.close()")
+
+
+def test_package_exports_chat_panel(kernel):
+    assert kernel.value("__import__('opchat_magic').ChatPanel is ChatPanel") is True
