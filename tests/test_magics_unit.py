@@ -1,0 +1,63 @@
+"""The magic's pure parts: the cell rewrite, interpolation, code extraction, footer."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from opchat_magic.magics import OpchatMagics, extract_code, footer_text, transform_opchat_cell
+from opchat_magic.providers.base import Reply, Usage
+
+
+def test_opchat_cell_becomes_a_top_level_await():
+    out = transform_opchat_cell(["%%opchat -t ideas\n", "say {x}\n", "and 'quotes' \"too\"\n"])
+    assert len(out) == 1 and out[0].startswith("await ")
+    # The line and the body travel as Python literals, so any text survives the rewrite.
+    assert "'-t ideas'" in out[0]
+    assert repr("say {x}\nand 'quotes' \"too\"\n") in out[0]
+    compile(out[0], "<cell>", "exec", flags=0x2000)  # PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+@pytest.mark.parametrize("lines", [
+    ["%%opchat?\n"],            # help stays help
+    ["%%opchat_other\n", "x"],  # another magic
+    ["x = 1\n", "%%opchat\n"],  # a cell magic only counts on the first line
+    ["%opchat providers\n"],    # the line magic
+    [],
+])
+def test_other_cells_are_left_alone(lines):
+    assert transform_opchat_cell(list(lines)) == list(lines)
+
+
+class _Shell:
+    def __init__(self, ns):
+        self.user_ns = ns
+
+
+def _magics(ns):
+    m = OpchatMagics.__new__(OpchatMagics)  # no shell registration needed for _interpolate
+    m.shell = _Shell(ns)
+    return m
+
+
+def test_interpolation_inserts_variables_and_keeps_escaped_braces():
+    m = _magics({"topic": "bread", "n": 3})
+    assert m._interpolate("About {topic}, {n} ways, {{literal}} and a dict {{'a': 1}}") == \
+        "About bread, 3 ways, {literal} and a dict {'a': 1}"
+
+
+def test_interpolation_names_a_missing_variable():
+    with pytest.raises(UsageError, match=r"\{nope\}.*\{\{nope\}\}"):
+        _magics({})._interpolate("value of {nope}")
+
+
+def test_code_format_extracts_every_fenced_block():
+    md = "Intro\n\n```python\nx = 1\n```\n\ntext\n\n~~~\ny = 2\n\nz = 3\n~~~\n"
+    assert extract_code(md) == "x = 1\n\ny = 2\n\nz = 3"
+    assert extract_code("no code here") == ""
+
+
+def test_footer_names_tokens_and_timings():
+    r = Reply(provider="Opchatgpts", model="gpt-3.5-turbo", usage=Usage(3, 4, 7))
+    r.first_chunk_at = r.started_at + 0.25
+    r.finished_at = r.started_at + 1.5
+    assert footer_text(r) == "7 tokens · first chunk 0.25 s · 1.50 s · Opchatgpts / gpt-3.5-turbo"
