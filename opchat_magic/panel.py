@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 import threading
 import time
 import weakref
@@ -45,6 +46,9 @@ __all__ = ["ChatPanel", "show_panel", "last_panel", "SEND_MARK"]
 
 # Appended to the input's value by the Enter key helper: "send this".
 SEND_MARK = "\u2063"  # INVISIBLE SEPARATOR
+
+# A newline between two non-blank lines: made a Markdown hard break in user messages.
+_HARD_BREAK = re.compile(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)")
 
 # Seconds between looks at the thread for changes made elsewhere (cells).
 WATCH_INTERVAL = 0.5
@@ -181,16 +185,17 @@ class ChatPanel:
         self._keys = w.Output(layout=w.Layout(display="none"))
         self._keys.outputs = ({"output_type": "display_data", "metadata": {},
                                "data": {"application/javascript": _ENTER_TO_SEND_JS, "text/plain": ""}},)
+        compact = {"description_width": "initial"}
         self.thread_select = w.Dropdown(description="Thread", options=self.conversation.threads(),
-                                        value=self.thread.name, layout=w.Layout(width="220px"))
-        self.new_thread = w.Text(placeholder="new thread name", layout=w.Layout(width="150px"))
+                                        value=self.thread.name, style=compact, layout=w.Layout(width="200px"))
+        self.new_thread = w.Text(placeholder="new thread name", layout=w.Layout(width="140px"))
         self.new_thread_button = w.Button(description="New", tooltip="Start (or open) the thread named left",
                                           layout=w.Layout(width="60px"))
         providers, current = self._providers(self.magics.provider)
         self.provider_select = w.Dropdown(description="Provider", options=providers, value=current,
-                                          layout=w.Layout(width="220px"))
+                                          style=compact, layout=w.Layout(width="200px"))
         self.model = w.Text(value=self.magics.model, placeholder="default model", description="Model",
-                            layout=w.Layout(width="220px"))
+                            style=compact, layout=w.Layout(width="200px"))
         self._items = w.VBox(layout=w.Layout(width="100%"))
         self._live = w.VBox(layout=w.Layout(width="100%"))
         # column-reverse keeps the box scrolled to its end (newest at the bottom) as it grows.
@@ -437,7 +442,7 @@ class ChatPanel:
             renderer.fail(message, stopped=stopped)
             self.retry_button.layout.display = None
             if stopped:
-                self._set_status(f"⏹ Stopped after {len(chat.text)} characters: the partial reply stays "
+                self._set_status(f"■ Stopped after {len(chat.text)} characters: the partial reply stays "
                                  "above, out of the history. Retry sends the message again.", "stopped")
             else:
                 self._set_status(f"{type(error).__name__}: {message} (nothing was added to the history; "
@@ -448,7 +453,8 @@ class ChatPanel:
         reply = chat.future.result()
         footer = footer_text(reply)
         renderer.finish(footer if getattr(self.magics, "footer", True) else None)
-        self.retry_button.layout.display = "none"
+        # An earlier stopped/failed turn that this one did not answer stays retryable.
+        self.retry_button.layout.display = None if self.thread.last_failed is not None else "none"
         self._set_status("✓ " + (footer or "done"), "done")
 
     @staticmethod
@@ -508,7 +514,10 @@ class ChatPanel:
     def _sync_from_loop(self) -> None:
         """Bring the transcript up to date from the loop thread, creating no widgets there."""
         with self._lock:
-            if self.busy or self._rebuild(create=False):
+            if self.busy:
+                return
+            names = self.conversation.threads()
+            if tuple(self.thread_select.options) == tuple(names) and self._rebuild(create=False):
                 return
         self._in_kernel(self.refresh)
 
@@ -574,7 +583,7 @@ class ChatPanel:
             if note:
                 body += f"\n\n*{_md_escape(note)}*"
         elif turn.status == "stopped":
-            body += "\n\n*⏹ Stopped: not part of the history sent to the model; Retry sends it again.*"
+            body += "\n\n*■ Stopped: not part of the history sent to the model; Retry sends it again.*"
         else:
             error = (turn.error or "unknown error").replace("\n", " ")
             body += f"\n\n*✗ Failed: {_md_escape(error)}. Not part of the history; Retry sends it again.*"
@@ -590,8 +599,11 @@ class ChatPanel:
 
         from .render import sanitize_markdown
 
+        shown = sanitize_markdown(text)
+        if role == "user":  # what the user typed on separate lines stays on separate lines
+            shown = _HARD_BREAK.sub("  \n", shown)
         out = w.Output(layout=w.Layout(width="100%"))
-        out.outputs = (_markdown_output(sanitize_markdown(text)),)
+        out.outputs = (_markdown_output(shown),)
         box = w.VBox([self._role("You" if role == "user" else "Assistant"), out], layout=w.Layout(width="100%"))
         box.add_class("opchat-msg")
         box.add_class(f"opchat-msg-{role}")
@@ -699,8 +711,8 @@ class ChatPanel:
 
     def _set_status(self, text: str, kind: str) -> None:
         """Set the status line (plain ``text``; ``kind`` picks its colour). Safe from any thread."""
-        if text and kind in ("busy", "elsewhere") and not text.startswith("⏳"):
-            text = "⏳ " + text
+        if text and kind in ("busy", "elsewhere") and not text.startswith("●"):
+            text = "● " + text
         if text and kind == "error" and not text.startswith("✗"):
             text = "✗ " + text
         self._status_text, self._status_kind = text, kind
@@ -735,8 +747,6 @@ def _md_escape(text: str) -> str:
 
 
 def _strip_tags(text: str) -> str:
-    import re
-
     return re.sub(r"<[^>]*>", "", text or "")
 
 

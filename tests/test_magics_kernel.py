@@ -1,6 +1,7 @@
 """The magics in a real ipykernel, talking to the local server over 127.0.0.1."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -43,6 +44,11 @@ def user(*texts):
     return messages
 
 
+def shows(ex, expected: str) -> bool:
+    """The cell's Markdown outputs (one per block) hold ``expected``, whitespace aside."""
+    return " ".join(expected.split()) in " ".join(ex.markdown().split())
+
+
 def test_reply_streams_incrementally_and_renders_markdown(kernel, server):
     ex = kernel.run("%%opchat\nHello there [[chunks:80]] [[delay:0.02]]", timeout=60)
     shown = ex.of_type("display_data", "update_display_data")
@@ -64,14 +70,14 @@ def test_reply_streams_incrementally_and_renders_markdown(kernel, server):
 def test_history_threads_and_reset(kernel, server):
     kernel.run("%%opchat\nfirst")
     ex = kernel.run("%%opchat\nsecond")
-    assert reply_text(user("first", "second")) in ex.markdown()
+    assert shows(ex, reply_text(user("first", "second")))
     other = kernel.run("%%opchat -t other\nelsewhere")
-    assert reply_text(user("elsewhere")) in other.markdown()
+    assert shows(other, reply_text(user("elsewhere")))
     threads = kernel.run("%opchat_threads").markdown()
     assert "default" in threads and "other" in threads
     kernel.run("%opchat_reset")
     again = kernel.run("%%opchat\nafresh")
-    assert reply_text(user("afresh")) in again.markdown()
+    assert shows(again, reply_text(user("afresh")))
 
 
 def test_reply_lands_in_underscore_and_output_variable(kernel):
@@ -113,9 +119,9 @@ def test_server_error_is_shown_plainly_and_kept_out_of_history(kernel, server):
     assert "%opchat_retry" in traceback
     # The failed turn is retried with one magic and then enters history once.
     retry = kernel.run("%opchat_retry")
-    assert reply_text(user("kept", "this one fails")) in retry.markdown()
+    assert shows(retry, reply_text(user("kept", "this one fails")))
     nxt = kernel.run("%%opchat\nafter")
-    assert reply_text(user("kept", "this one fails", "after")) in nxt.markdown()
+    assert shows(nxt, reply_text(user("kept", "this one fails", "after")))
 
 
 @pytest.fixture
@@ -164,20 +170,23 @@ def test_interrupt_closes_the_connection_and_keeps_the_kernel(kernel, server):
     assert stats.disconnect_events[-1]["at"] - interrupted_at[0] < 1.0
     # The kernel is usable and the stopped turn is not in the history sent next.
     ex = kernel.run("%%opchat\nafter")
-    assert reply_text(user("before", "after")) in ex.markdown()
+    assert shows(ex, reply_text(user("before", "after")))
 
 
 def test_hostile_reply_is_escaped(kernel):
     ex = kernel.run("%%opchat\nshow me [[html]]")
     md = ex.markdown()
     assert "<img" not in md and "<script" not in md
-    assert "javascript:" not in md.lower()
+    # No link may lead to a script; the sanitiser turns such a target into a dead fragment.
+    assert not re.search(r"\]\(\s*(javascript|vbscript|data):", md, re.I)
+    assert "Normal **Markdown** still renders" in md
 
 
 def test_code_format_puts_code_in_next_cell(kernel):
-    ex = kernel.run("%%opchat -f code\nwrite code [[words:150]]")
+    ex = kernel.run("%%opchat -f code\nwrite code [[words:300]]")
     payload = ex.reply["content"].get("payload", [])
-    assert any(p.get("source") == "set_next_input" and p.get("text", "").strip() for p in payload), payload
+    texts = [p.get("text", "") for p in payload if p.get("source") == "set_next_input"]
+    assert texts and texts[0].startswith("def "), payload
 
 
 def test_history_survives_kernel_restart(kernel, server):
@@ -185,4 +194,4 @@ def test_history_survives_kernel_restart(kernel, server):
     kernel.restart()
     kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
     ex = kernel.run("%%opchat\ndo you?")
-    assert reply_text(user("remember me", "do you?")) in ex.markdown()
+    assert shows(ex, reply_text(user("remember me", "do you?")))

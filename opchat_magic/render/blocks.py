@@ -116,6 +116,8 @@ class BlockSplitter:
         # list state
         self._list_blank = False
         self._inner: Optional[tuple] = None  # a fence inside a list item: (char, length)
+        self._inner_line = ""
+        self._inner_n = 0
         # table state
         self._header: List[str] = []
 
@@ -150,6 +152,11 @@ class BlockSplitter:
     @property
     def tail(self) -> str:
         return "".join(self._open) + "".join(self._parts)
+
+    @property
+    def pending(self) -> bool:
+        """Completed blocks are waiting for :meth:`take_completed`."""
+        return bool(self._done)
 
     @property
     def tail_len(self) -> int:
@@ -242,9 +249,29 @@ class BlockSplitter:
             for h in header:
                 self._append(h)
             self.synthetic += len(header)
+        elif kind == "list" and self._inner is not None:
+            self._split_inner()
         else:
             self._emit()
             self._kind = "para" if kind == "para" else None
+
+    def _split_inner(self) -> None:
+        """Cut a list block inside a fenced block of one of its items.
+
+        The piece gets a closing fence; the rest goes on as a top-level
+        fence reopened with the item's opening line (indent at most 3).
+        """
+        ch, n = self._inner
+        opener = self._inner_line
+        lead = opener[: len(opener) - len(opener.lstrip(" \t"))]
+        self._append(lead + ch * n + "\n")
+        self._emit()
+        indent = min(len(lead.expandtabs(4)), 3)
+        self._kind, self._fence = "fence", (indent, ch, n)
+        self._fence_line = " " * indent + opener.lstrip(" \t")
+        self._append(self._fence_line)
+        self._fence_n = self._fence_chars = 0
+        self.synthetic += 2
 
     def _start(self, line: str) -> None:
         """First non-blank line of a block (leading blank lines may precede it)."""
@@ -350,12 +377,19 @@ class BlockSplitter:
 
     def _line_list(self, line: str) -> None:
         if self._inner is not None:  # inside a fence within a list item
-            self._append(line)
             ch, n = self._inner
             body = line.lstrip(" \t").rstrip("\n")
             run = len(body) - len(body.lstrip(ch))
             if run >= n and not body[run:].strip(" \t"):
+                self._append(line)
                 self._inner = None
+                return
+            if self._inner_n >= self.max_fence_lines:
+                self._split_inner()
+                self._line_fence(line)
+                return
+            self._append(line)
+            self._inner_n += 1
             return
         if _BLANK.match(line):
             self._append(line)
@@ -370,6 +404,7 @@ class BlockSplitter:
                 fence = (ind, m.group(2)[0], len(m.group(2)))
         if fence and ind >= 2:
             self._inner = (fence[1], fence[2])
+            self._inner_line, self._inner_n = line, 0
             self._append(line)
             self._list_blank = False
             return

@@ -208,6 +208,7 @@ def _plan(text: str) -> _Plan:
     mode = "text"  # text | fence | indent
     tainted = False
     refdef = False
+    bracket = False  # an unescaped '[' not yet closed by ']'
     leading = True
     fence = None  # (indent, char, length, run, lang, content_start)
     chunk_start: Optional[int] = None
@@ -273,7 +274,9 @@ def _plan(text: str) -> _Plan:
         if not tainted:
             m = _OPENER.match(line)
             if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
-                if refdef:
+                if refdef or bracket:
+                    # marked reads link definitions on the raw text: a label
+                    # or title opened above may run through this fence line
                     tainted = True
                 else:
                     flush()
@@ -288,6 +291,8 @@ def _plan(text: str) -> _Plan:
                     tainted = True
             if "]:" in line:
                 refdef = True
+            if "[" in line or "]" in line:
+                bracket = _bracket_open(line, bracket)
         add_text(a, b)
     if mode == "fence":
         cstart = fence[5]
@@ -300,6 +305,21 @@ def _plan(text: str) -> _Plan:
     plan.code.sort()
     plan.edits.sort(key=lambda e: (e[0], e[1]))
     return plan
+
+
+def _bracket_open(line: str, pending: bool) -> bool:
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            pending = True
+        elif c == "]":
+            pending = False
+        i += 1
+    return pending
 
 
 def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
@@ -342,8 +362,11 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
                 continue
             content = s[j:close]
             single = "\n" not in content and "|" not in content
-            raw_ok = single and not unsure and _span_ok(s, a, i, content, first_bracket, first_emph)
-            if not single:
+            sure = single and _span_ok(s, a, i, content, first_bracket, first_emph)
+            raw_ok = sure and not unsure
+            if not sure:
+                # its ends may be read differently (eaten by a URL, a link, a
+                # table cell...), shifting how every later backtick pairs up
                 unsure = True
             plan.code.append((j, close))
             if raw_ok:
@@ -407,14 +430,19 @@ def _apply(text: str, edits: List[Tuple[int, int, str]]) -> str:
 
 def _clean_info(text: str) -> str:
     """Fence info strings: keep ``[A-Za-z0-9_+#.-]`` and spaces, on every fence-like line."""
-    if "``" not in text and "~~" not in text:
+    if "```" not in text and "~~~" not in text:
         return text
     out = []
     for a, b in _lines(text):
         line = text[a:b]
         m = _FENCEISH.match(line)
-        if m and m.group(3) and not (m.group(2)[0] == "`" and "`" in m.group(3)):
-            line = line[: m.end(2)] + _INFO_BAD.sub("", m.group(3))
+        if m and m.group(3):
+            if m.group(2)[0] == "`" and "`" in m.group(3):
+                # not a fence (inline code), unless JupyterLab's math pass
+                # removes those backticks: then no '"' may reach class="..."
+                line = line[: m.end(2)] + m.group(3).replace('"', "")
+            else:
+                line = line[: m.end(2)] + _INFO_BAD.sub("", m.group(3))
         out.append(line)
     return "\n".join(out)
 
@@ -495,8 +523,54 @@ def _neutralise(token: str) -> str:
     return "&#92;" + token[1:]
 
 
+def _lift_math(s: str, regions) -> Tuple[str, List[Tuple[int, int, int]], List[int]]:
+    """JupyterLab's text after ``removeMath``: each region becomes ``@@n@@``.
+
+    Returns the text, the kept pieces as (s_start, s_end, p_start) and the
+    position of each placeholder in the new text.
+    """
+    pieces: List[str] = []
+    kept: List[Tuple[int, int, int]] = []
+    marks: List[int] = []
+    pos = ppos = 0
+    for idx, (r0, r1, _t0, _t1) in enumerate(regions):
+        pieces.append(s[pos:r0])
+        kept.append((pos, r0, ppos))
+        ppos += r0 - pos
+        ph = "@@%d@@" % idx
+        pieces.append(ph)
+        marks.append(ppos)
+        ppos += len(ph)
+        pos = r1
+    pieces.append(s[pos:])
+    kept.append((pos, len(s), ppos))
+    return "".join(pieces), kept, marks
+
+
+def _to_s(kept: List[Tuple[int, int, int]], q: int) -> Optional[int]:
+    """Position in the sanitised text of position ``q`` of the lifted text."""
+    k = bisect.bisect_right([p0 for _s0, _s1, p0 in kept], q) - 1
+    if k < 0:
+        return None
+    s0, s1, p0 = kept[k]
+    return s0 + q - p0 if q - p0 < s1 - s0 else None
+
+
+def _in_fence(fences, a: int, b: int) -> bool:
+    return any(f0 <= a and b <= f1 and lang != "mermaid" for f0, f1, lang in fences)
+
+
 def _math_guard(s: str) -> str:
-    """Keep JupyterLab's math pass from re-opening what the sanitiser closed."""
+    """Keep JupyterLab's math pass from re-opening what the sanitiser closed.
+
+    JupyterLab lifts math out (``removeMath``), renders the rest with marked
+    and pastes the math back with only ``& < >`` escaped, wherever its
+    placeholder landed, attributes included. So: no math region may hold a
+    ``"`` (unless it sits in a code block, before and after lifting), and the
+    lifted text must be as safe as ``s``: no raw ``<`` that stops being code,
+    no ``"`` in what becomes a fence info string. Every edit only escapes, so
+    the loop settles; a fallback escapes everything if it does not.
+    """
     for _round in range(12):
         if "$" not in s and "\\" not in s:
             return s
@@ -504,11 +578,13 @@ def _math_guard(s: str) -> str:
         if not regions:
             return s
         plan = _plan(s)
+        p, kept, marks = _lift_math(s, regions)
+        pplan = _plan(p)
         edits: List[Tuple[int, int, str]] = []
-        for r0, r1, t0, t1 in regions:
+        for (r0, r1, t0, t1), mark in zip(regions, marks):
             if '"' not in s[r0:r1]:
                 continue
-            if any(f0 <= r0 and r1 <= f1 and lang != "mermaid" for f0, f1, lang in plan.fences):
+            if _in_fence(plan.fences, r0, r1) and _in_fence(pplan.fences, mark, mark + 4):
                 continue  # plain text inside a code block
             if _round < 8 and not _inside(plan.code, r0):
                 edits.append((r0, len(t0), _neutralise(t0)))
@@ -516,32 +592,26 @@ def _math_guard(s: str) -> str:
                 edits.append((r1 - len(t1), len(t1), _neutralise(t1)))
             else:
                 edits.extend((r0 + k, 1, "&quot;") for k, ch in enumerate(s[r0:r1]) if ch == '"')
-        if edits:
-            edits.sort(key=lambda e: (e[0], e[1]))
-            s = _apply(s, edits)
-            continue
-        # structure: lift the math out as JupyterLab does and re-read the rest
-        pieces = []
-        spans = []  # (s_start, s_end, p_start) for text kept as is
-        pos = ppos = 0
-        for idx, (r0, r1, _t0, _t1) in enumerate(sorted(regions)):
-            pieces.append(s[pos:r0])
-            spans.append((pos, r0, ppos))
-            ppos += r0 - pos
-            ph = "@@%d@@" % idx
-            pieces.append(ph)
-            ppos += len(ph)
-            pos = r1
-        pieces.append(s[pos:])
-        spans.append((pos, len(s), ppos))
-        p = "".join(pieces)
-        pplan = _plan(p)
-        for s0, s1, p0 in spans:
-            for m in _TAGLIKE.finditer(s, s0, s1):
-                if plan.is_allowed(m.start()) and not pplan.is_allowed(p0 + m.start() - s0):
-                    edits.append((m.start(), 1, "&lt;"))
-        return _apply(s, edits)
-    # did not settle: escape every tag opener and quote inside math
+        if not edits:
+            # raw '<' that would no longer be code once the math is lifted out
+            for s0, s1, p0 in kept:
+                for m in _TAGLIKE.finditer(s, s0, s1):
+                    if plan.is_allowed(m.start()) and not pplan.is_allowed(p0 + m.start() - s0):
+                        edits.append((m.start(), 1, "&lt;"))
+            # '"' in what becomes a fence info string (lines joined by math)
+            for a, b in _lines(p):
+                f = _FENCEISH.match(p, a, b)
+                if f and '"' in f.group(3) and not _inside(pplan.code, a):
+                    for k in range(f.start(3), f.end(3)):
+                        if p[k] == '"':
+                            at = _to_s(kept, k)
+                            if at is not None:
+                                edits.append((at, 1, "&quot;"))
+        if not edits:
+            return s
+        edits.sort(key=lambda e: (e[0], e[1]))
+        s = _apply(s, edits)
+    # did not settle: escape every tag opener and every quote inside math
     edits = [(m.start(), 1, "&lt;") for m in _TAGLIKE.finditer(s)]
     for r0, r1, _t0, _t1 in _jl_math_regions(s):
         edits.extend((r0 + k, 1, "&quot;") for k, ch in enumerate(s[r0:r1]) if ch == '"')

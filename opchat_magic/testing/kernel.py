@@ -44,6 +44,12 @@ class Execution:
         for m in self.messages:
             if m["msg_type"] == "error":
                 return m["content"]
+        # IPython reports a UsageError on stderr, with no iopub error message: the
+        # shell reply still names it.
+        content = (self.reply or {}).get("content", {})
+        if content.get("status") == "error":
+            return {"ename": content.get("ename"), "evalue": content.get("evalue", ""),
+                    "traceback": content.get("traceback") or [self.stderr]}
         return None
 
     def of_type(self, *types: str) -> list:

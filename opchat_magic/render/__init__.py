@@ -1,0 +1,23 @@
+"""Streaming Markdown rendering of one reply: blocks, sanitising, throttle, faces.
+
+``Renderer(face).feed(chunk)`` ... ``.finish(footer)``; the face is chosen once
+with ``choose_face("auto" | "display" | "widget" | "terminal")``. Importing
+this package is cheap: IPython and ipywidgets load only when a face needs them.
+"""
+from .blocks import BlockSplitter
+from .faces import DisplayFace, TerminalFace, WidgetFace, choose_face, in_kernel
+from .renderer import STOPPED, Renderer
+from .sanitize import escape_text, sanitize_markdown
+
+__all__ = [
+    "Renderer",
+    "BlockSplitter",
+    "sanitize_markdown",
+    "escape_text",
+    "DisplayFace",
+    "WidgetFace",
+    "TerminalFace",
+    "choose_face",
+    "in_kernel",
+    "STOPPED",
+]

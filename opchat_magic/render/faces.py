@@ -1,0 +1,261 @@
+"""Where a reply is shown: three faces with one small interface.
+
+Every face takes already sanitised Markdown:
+
+``add_block(md)``   a completed block, final: if a tail is showing, the tail
+                    output becomes this block (its last update), else a new
+                    output is added;
+``set_tail(md)``    replace the open tail (creating its output on first use;
+                    an empty ``md`` creates nothing);
+``close_tail()``    the tail output, if any, stays as it is, final;
+                    (tail states carry ``text/markdown`` only; final outputs,
+                    i.e. blocks, footer, error, also carry ``text/plain``)
+``footer(text)``    a last small line (plain text, escaped here);
+``error(text)``     an error or "stopped" line (plain text, escaped here).
+
+:class:`TerminalFace` also has ``write(text)`` and ``streams_raw = True``: the
+renderer then hands it the raw chunks as they arrive instead of blocks.
+
+Importing this module is cheap: IPython and ipywidgets load on first use.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from typing import Any, Callable, Optional, TextIO
+
+from .sanitize import escape_text
+
+__all__ = ["DisplayFace", "WidgetFace", "TerminalFace", "choose_face", "in_kernel"]
+
+
+def _bundle(md: str) -> dict:
+    """A final output: Markdown, and the same text for plain-text frontends."""
+    return {"text/markdown": md, "text/plain": md}
+
+
+def _tail_bundle(md: str) -> dict:
+    """A passing state of the tail: Markdown only (its final state is a full bundle)."""
+    return {"text/markdown": md}
+
+
+def _footer_md(text: str) -> str:
+    return "*" + escape_text(text) + "*" if text.strip() else ""
+
+
+def _error_md(text: str) -> str:
+    return "**" + escape_text(text) + "**" if text.strip() else ""
+
+
+class DisplayFace:
+    """IPython display handles (a Jupyter kernel; the default for ``%%opchat``).
+
+    A completed block is displayed once and never sent again; the tail lives
+    in one display handle updated with ``update_display``; when it completes,
+    the handle gets its final content and the next tail gets a new handle. So
+    the saved notebook holds the whole reply as static Markdown outputs.
+    Drive it from the cell's own thread or task (display messages are
+    addressed to the parent of the current execution).
+    """
+
+    def __init__(
+        self,
+        display: Optional[Callable[..., Any]] = None,
+        update_display: Optional[Callable[..., Any]] = None,
+    ):
+        if display is None or update_display is None:
+            from IPython.display import display as _display, update_display as _update
+
+            display = display or _display
+            update_display = update_display or _update
+        self._display = display
+        self._update = update_display
+        self._tail_id: Optional[str] = None
+        self._tail_md = ""
+
+    def add_block(self, md: str) -> None:
+        if self._tail_id is not None:
+            self._update(_bundle(md), raw=True, display_id=self._tail_id)
+            self._tail_id, self._tail_md = None, ""
+        elif md:
+            self._display(_bundle(md), raw=True)
+
+    def set_tail(self, md: str) -> None:
+        if self._tail_id is None:
+            if not md:
+                return
+            self._tail_id = "opchat-" + uuid.uuid4().hex
+            self._display(_tail_bundle(md), raw=True, display_id=self._tail_id)
+        elif md != self._tail_md:
+            self._update(_tail_bundle(md), raw=True, display_id=self._tail_id)
+        self._tail_md = md
+
+    def close_tail(self) -> None:
+        self._tail_id, self._tail_md = None, ""
+
+    def footer(self, text: str) -> None:
+        md = _footer_md(text)
+        if md:
+            self._display({"text/markdown": md, "text/plain": text}, raw=True)
+
+    def error(self, text: str) -> None:
+        md = _error_md(text)
+        if md:
+            self._display({"text/markdown": md, "text/plain": text}, raw=True)
+
+
+class WidgetFace:
+    """An ``ipywidgets.VBox`` of ``Output`` widgets, one per block (the chat panel).
+
+    Only traits are set (never ``with out:`` capture), so it may be driven
+    from a thread that is not the kernel's. A completed block's Output is
+    never touched again; only the tail Output's ``outputs`` is replaced.
+    Outputs are grouped in pages of ``page_size`` (a nested VBox) so that
+    adding a block re-sends a short ``children`` list, not one that grows
+    with the reply; all Outputs share one Layout widget.
+    """
+
+    def __init__(self, page_size: int = 16):
+        import ipywidgets
+
+        self._w = ipywidgets
+        self._page_size = page_size
+        self._out_layout = ipywidgets.Layout()
+        self._page_layout = ipywidgets.Layout()
+        self.widget = ipywidgets.VBox()
+        self._page: Any = None
+        self._tail: Any = None
+        self._tail_md = ""
+
+    @staticmethod
+    def _outputs(data: dict) -> tuple:
+        return ({"output_type": "display_data", "data": data, "metadata": {}},)
+
+    def _add_output(self, data: dict) -> Any:
+        out = self._w.Output(layout=self._out_layout, outputs=self._outputs(data))
+        page = self._page
+        if page is None or len(page.children) >= self._page_size:
+            self._page = self._w.VBox(children=(out,), layout=self._page_layout)
+            self.widget.children = self.widget.children + (self._page,)
+        else:
+            page.children = page.children + (out,)
+        return out
+
+    def add_block(self, md: str) -> None:
+        if self._tail is not None:
+            self._tail.outputs = self._outputs(_bundle(md))
+            self._tail, self._tail_md = None, ""
+        elif md:
+            self._add_output(_bundle(md))
+
+    def set_tail(self, md: str) -> None:
+        if self._tail is None:
+            if not md:
+                return
+            self._tail = self._add_output(_tail_bundle(md))
+        elif md != self._tail_md:
+            self._tail.outputs = self._outputs(_tail_bundle(md))
+        self._tail_md = md
+
+    def close_tail(self) -> None:
+        self._tail, self._tail_md = None, ""
+
+    def footer(self, text: str) -> None:
+        md = _footer_md(text)
+        if md:
+            self._add_output({"text/markdown": md, "text/plain": text})
+
+    def error(self, text: str) -> None:
+        md = _error_md(text)
+        if md:
+            self._add_output({"text/markdown": md, "text/plain": text})
+
+    @property
+    def outputs(self) -> list:
+        """Every Output widget, in order (tests, the panel)."""
+        return [out for page in self.widget.children for out in page.children]
+
+
+# C0/C1 controls except tab and newline: no terminal escape sequences from a model
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class TerminalFace:
+    """Plain text to a stream (IPython terminal, jupyter console, no frontend).
+
+    Writes each new piece of raw text as it arrives and flushes; no
+    re-renders. Control characters (terminal escapes) are dropped.
+    """
+
+    streams_raw = True
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self._stream = stream
+        self._at_line_start = True
+        self._tail = ""
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stdout
+
+    def write(self, text: str) -> None:
+        text = _CONTROL.sub("", text)
+        if not text:
+            return
+        stream = self.stream
+        stream.write(text)
+        stream.flush()
+        self._at_line_start = text.endswith("\n")
+
+    # the block interface, for completeness: prints what it can without re-rendering
+    def set_tail(self, md: str) -> None:
+        if md.startswith(self._tail):
+            self.write(md[len(self._tail) :])
+            self._tail = md
+
+    def add_block(self, md: str) -> None:
+        if md.startswith(self._tail):
+            self.write(md[len(self._tail) :])
+        else:
+            self.close_tail()
+            self.write(md)
+        self._tail = ""
+
+    def close_tail(self) -> None:
+        if not self._at_line_start:
+            self.write("\n")
+        self._tail = ""
+
+    def footer(self, text: str) -> None:
+        self.close_tail()
+        self.write(" ".join(text.split()) + "\n")
+
+    def error(self, text: str) -> None:
+        self.footer(text)
+
+
+def in_kernel() -> bool:
+    """Running inside an ipykernel (without importing IPython or ipykernel)."""
+    ipython = sys.modules.get("IPython")
+    zmqshell = sys.modules.get("ipykernel.zmqshell")
+    if ipython is None or zmqshell is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and isinstance(shell, zmqshell.ZMQInteractiveShell)
+
+
+def choose_face(kind: str = "auto") -> Callable[..., Any]:
+    """The face class (a factory) for ``kind``: auto | display | widget | terminal.
+
+    ``auto`` is :class:`DisplayFace` inside a Jupyter kernel, else
+    :class:`TerminalFace`.
+    """
+    kind = (kind or "auto").lower()
+    if kind == "auto":
+        return DisplayFace if in_kernel() else TerminalFace
+    faces = {"display": DisplayFace, "widget": WidgetFace, "terminal": TerminalFace}
+    try:
+        return faces[kind]
+    except KeyError:
+        raise ValueError(f"unknown renderer {kind!r}: auto, display, widget or terminal") from None
