@@ -355,6 +355,16 @@ class OpchatMagics(Magics):
         cell_args = self._parse(self.opchat, "" if not args.thread else f"-t {args.thread}")
         return self._run_sync(cell_args, thread, None, self.chat_options(cell_args))
 
+    @magic_arguments()
+    @argument("-t", "--thread", help="Thread the panel opens on. Default: OpchatMagics.thread.")
+    @line_magic("opchat_panel")
+    def opchat_panel(self, line):
+        """Show a chat panel (input, Send, Stop, transcript) sharing the notebook's history."""
+        from .panel import show_panel
+
+        args = self._parse(self.opchat_panel, line)
+        show_panel(self, thread=args.thread)
+
     @line_magic(MAGIC_NAME)
     def opchat_line(self, line):
         """`%opchat providers`: list providers. `%opchat config`: show settings."""

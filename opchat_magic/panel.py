@@ -12,11 +12,16 @@ Threads of control:
   free to run other cells while the reply streams.
 * The reply is rendered on the private loop thread by a small task that drains
   the turn's chunks into a :class:`~opchat_magic.render.Renderer` with a
-  ``WidgetFace`` every ``update_interval`` seconds. From that thread the panel
-  only sets traits of widgets that already exist.
-* Widgets are created only on the kernel's thread. When the loop thread sees
-  something that needs new widgets (a ``%%opchat`` cell committed a turn on the
-  panel's thread), it hands the refresh to the kernel's event loop.
+  ``WidgetFace`` every ``update_interval`` seconds (the renderer throttles
+  itself). From that thread the panel only sets traits (the face also adds
+  one ``Output`` per completed block, by trait sets on its own VBox; never
+  ``with out:`` capture).
+* The panel's own widgets are created on the kernel's thread. When the loop
+  thread sees something that needs new ones (a ``%%opchat`` cell committed a
+  turn on the panel's thread, made a thread), it hands the refresh to the
+  kernel's event loop, which runs it between cells or while a cell awaits.
+  The thread is looked at every ``WATCH_INTERVAL`` seconds (Thread has no
+  commit callback).
 
 Enter to send: ipywidgets' ``Textarea`` has no key events and syncs its value on
 every keystroke (``continuous_update``), so Enter cannot be told from a newline

@@ -400,3 +400,35 @@ def test_bad_user_input_is_a_usage_error_and_sends_nothing(kernel, server):
     assert kernel.value("[len(get_ipython().magics_manager.registry['OpchatMagics']"
                         ".conversation.thread(n).messages) for n in "
                         "get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()]") == [2]
+
+
+# --------------------------------------------------------------------------- the synchronous path
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: loop.block() (loop.py) catches concurrent.futures.TimeoutError to mean 'not done "
+    "yet'; on Python >= 3.11 that is the builtin TimeoutError, which StreamTimeoutError subclasses, "
+    "so a stream that times out is never reported: block() re-raises the same exception in a tight "
+    "loop (its traceback grows by ~500k frames, ~100 MB, per second) until LoopThread.run()'s deadline; "
+    "Opchatgpts.create_completion() has no deadline and spins forever"))
+def test_sync_path_reports_a_stream_timeout(server):
+    """The gpt4free-style synchronous API must give StreamTimeoutError, not hang."""
+    messages = [{"role": "user", "content": "stall [[fault:stall]]"}]
+
+    async def one_turn():
+        stream = Opchatgpts.create_async_generator("", messages, url=server.url, read_timeout=READ_TIMEOUT)
+        async for _ in stream:
+            pass
+
+    started = time.monotonic()
+    got = None
+    try:
+        # create_completion() is this with no deadline at all; 1.5 s keeps the test bounded.
+        get_loop().run(one_turn(), timeout=1.5)
+    except StreamTimeoutError:
+        got = "StreamTimeoutError"
+    except TimeoutError as exc:
+        got = repr(exc)  # keep no reference: its context holds the giant traceback
+    elapsed = time.monotonic() - started
+    assert got == "StreamTimeoutError", f"got {got} after {elapsed:.1f} s"

@@ -32,7 +32,9 @@ def kernel(server, tmp_path_factory):
           "magics = get_ipython().magics_manager.registry['OpchatMagics']\n"
           "panels = []\n"
           "def new_panel(**kw):\n"
-          "    p = ChatPanel(**kw); panels.append(p); return p\n")
+          "    p = ChatPanel(**kw); panels.append(p); return p\n"
+          "def shown(p):\n"  # the transcript with whitespace collapsed (blocks are joined by blank lines)
+          "    return ' '.join(p.transcript_markdown().split())\n")
     yield k
     k.shutdown()
 
@@ -62,6 +64,11 @@ def history(*texts):
         out.append({"role": "user", "content": t})
         out.append({"role": "assistant", "content": reply_text(user(*texts[: i + 1]))})
     return out
+
+
+def flat(text):
+    """``text`` with whitespace collapsed, to compare with ``shown(panel)`` and rendered blocks."""
+    return " ".join(text.split())
 
 
 def wait_for(kernel, expression, timeout=30.0, interval=0.05):
@@ -102,15 +109,15 @@ def test_send_streams_without_blocking_the_kernel(kernel, server):
     assert ex.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "2"
     # The transcript grows while the reply streams.
     expected = reply_text(user(text), chunk_size=server.config.chunk_size)
-    partial = wait_for(kernel, f"panel.busy and {expected[:12]!r} in panel.transcript_markdown() "
-                               "and panel.transcript_markdown()", timeout=10)
-    assert expected[-12:] not in partial
+    partial = wait_for(kernel, f"panel.busy and {flat(expected[:12])!r} in shown(panel) and shown(panel)",
+                       timeout=10)
+    assert flat(expected[-12:]) not in partial
     assert kernel.value("panel.busy") is True, "the reply should still be streaming"
     assert "Streaming" in kernel.value("panel.status_text")
     wait_idle(kernel)
     assert messages(kernel) == [{"role": "user", "content": text}, {"role": "assistant", "content": expected}]
-    shown = kernel.value("panel.transcript_markdown()")
-    assert expected.split()[-1].strip("`*") in shown
+    shown = kernel.value("shown(panel)")
+    assert flat(expected)[-40:] in shown
     status = kernel.value("panel.status_text")
     assert status.startswith("✓") and "tokens" in status and "first chunk" in status, status
     assert kernel.value("panel.send_button.disabled") is False
@@ -130,18 +137,18 @@ def test_panel_and_cells_share_one_history(kernel):
     kernel.run("panel.send('one')")
     wait_idle(kernel)
     ex = kernel.run("%%opchat\ntwo")
-    assert reply_text(user("one", "two")) in ex.markdown()
+    assert flat(reply_text(user("one", "two"))) in flat(ex.markdown())
     # The panel's transcript picks up the cell's turn by itself.
-    wait_for(kernel, f"{reply_text(user('one', 'two'))!r} in panel.transcript_markdown()", timeout=10)
+    wait_for(kernel, f"{flat(reply_text(user('one', 'two')))!r} in shown(panel)", timeout=10)
     kernel.run("panel.send('three')")
     wait_idle(kernel)
     assert messages(kernel) == history("one", "two", "three")
-    shown = kernel.value("panel.transcript_markdown()")
+    shown = kernel.value("shown(panel)")
     for t in ("one", "two", "three"):
-        assert shown.count(reply_text(user(*["one", "two", "three"][: ["one", "two", "three"].index(t) + 1]))) == 1
+        assert shown.count(flat(reply_text(user(*["one", "two", "three"][: ["one", "two", "three"].index(t) + 1])))) == 1
     # A cell sees the panel's turns too.
     ex = kernel.run("%%opchat\nfour")
-    assert reply_text(user("one", "two", "three", "four")) in ex.markdown()
+    assert flat(reply_text(user("one", "two", "three", "four"))) in flat(ex.markdown())
 
 
 def test_stop_closes_the_connection_and_keeps_the_partial_reply(kernel, server):
@@ -159,8 +166,8 @@ def test_stop_closes_the_connection_and_keeps_the_partial_reply(kernel, server):
     failed = kernel.value("(lambda t: [t.status, t.reply, t.user])(panel.thread.last_failed)")
     assert failed[0] == "stopped" and failed[1] and failed[2].startswith("long one")
     assert messages(kernel) == history("first")  # the stopped turn stays out of history
-    shown = kernel.value("panel.transcript_markdown()")
-    assert failed[1][:20] in shown  # the partial reply stays visible...
+    shown = kernel.value("shown(panel)")
+    assert flat(failed[1])[:20] in shown  # the partial reply stays visible...
     assert "stopped" in shown.lower()  # ...marked as stopped
     assert "Stopped" in kernel.value("panel.status_text")
     assert kernel.value("panel.retry_button.layout.display") is None
@@ -182,14 +189,13 @@ def test_error_shows_status_and_retry_sends_it_again(kernel, server):
     assert messages(kernel) == history("kept")  # nothing added on failure
     assert kernel.value("panel.thread.last_failed.status") == "failed"
     assert kernel.value("panel.retry_button.layout.display") is None
-    assert "Failed" in kernel.value("panel.transcript_markdown()") or "HTTP 500" in kernel.value(
-        "panel.transcript_markdown()")
+    assert "Failed" in kernel.value("shown(panel)") or "HTTP 500" in kernel.value("shown(panel)")
     kernel.run("panel.retry()")
     wait_idle(kernel)
     assert messages(kernel) == history("kept", "this one fails")
     assert kernel.value("panel.thread.last_failed") is None
     assert kernel.value("panel.retry_button.layout.display") == "none"
-    shown = kernel.value("panel.transcript_markdown()")
+    shown = kernel.value("shown(panel)")
     assert shown.count("this one fails") == 2  # the user message and the echo of its reply, once
     assert "HTTP 500" not in shown
 
@@ -216,7 +222,7 @@ def test_busy_thread_is_reported(kernel):
     wait_idle(kernel, "other")
     assert messages(kernel, "other") == history("second")
     # The first panel shows the other panel's turn after its next look at the thread.
-    wait_for(kernel, f"{reply_text(user('second'))!r} in panel.transcript_markdown()", timeout=10)
+    wait_for(kernel, f"{flat(reply_text(user('second')))!r} in shown(panel)", timeout=10)
 
 
 def test_threads_selector_and_model(kernel):
@@ -225,14 +231,14 @@ def test_threads_selector_and_model(kernel):
     kernel.run("panel.new_thread.value = 'side'\npanel._new_thread()")
     assert kernel.value("panel.thread.name") == "side"
     assert "side" in kernel.value("list(panel.thread_select.options)")
-    assert kernel.value("panel.transcript_markdown()") == ""
+    assert kernel.value("shown(panel)") == ""
     kernel.run("panel.model.value = 'my-model'\npanel.send('on side')")
     wait_idle(kernel)
     assert messages(kernel) == history("on side")
     assert kernel.value("panel.thread.turns[-1].model") == "my-model"
     kernel.run("panel.thread_select.value = 'default'")
     assert kernel.value("panel.thread.name") == "default"
-    assert reply_text(user("on default")) in kernel.value("panel.transcript_markdown()")
+    assert flat(reply_text(user("on default"))) in kernel.value("shown(panel)")
     # Provider choices come from the registry.
     providers = kernel.value("list(panel.provider_select.options)")
     assert "opchatgpts" in providers and "openai" in providers
@@ -244,7 +250,7 @@ def test_threads_selector_and_model(kernel):
 def test_hostile_reply_is_sanitised(kernel):
     kernel.run("panel.send('[[html]]')")
     wait_idle(kernel)
-    shown = kernel.value("panel.transcript_markdown()")
+    shown = kernel.value("shown(panel)")
     assert "Hostile reply" in shown
     assert "<img" not in shown and "<script" not in shown
     assert "](javascript:" not in shown.replace(" ", "").lower()
@@ -264,3 +270,12 @@ def test_constructors(kernel):
 
 def test_package_exports_chat_panel(kernel):
     assert kernel.value("__import__('opchat_magic').ChatPanel is ChatPanel") is True
+
+
+def test_line_magic_shows_a_panel(kernel):
+    # %opchat_panel [-t THREAD] is wired by the extension to panel.show_panel.
+    ex = kernel.run("%opchat_panel -t from_magic")
+    assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+               for m in ex.of_type("display_data"))
+    assert not ex.of_type("execute_result"), "the panel is displayed once, not echoed as Out[n]"
+    assert kernel.value("__import__('opchat_magic.panel').panel.last_panel().thread.name") == "from_magic"

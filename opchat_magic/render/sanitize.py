@@ -77,13 +77,15 @@ _BLOCKED = "#blocked-"
 
 
 def escape_text(text: str) -> str:
-    """Plain text as inert Markdown: ASCII punctuation escaped (``@`` and
-    ``"`` as entities, see :func:`_inline`), on one line."""
+    """Plain text as inert Markdown: ASCII punctuation escaped (``@``, ``<``
+    and ``"`` as entities, see :func:`_inline`), on one line."""
     text = " ".join(text.split())
     out = []
     for c in text:
         if c == "@":
             out.append("&#64;")
+        elif c == "<":
+            out.append("&lt;")
         elif c == '"':
             out.append("&quot;")
         elif c in _PUNCT:
@@ -328,16 +330,28 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
     runs: dict = {}
     for m in re.finditer(r"`+", s[a:b]):
         runs.setdefault(len(m.group(0)), []).append(m.start() + a)
-    first_bracket = s.find("[", a, b)
-    first_bracket = b if first_bracket == -1 else first_bracket
+    reaches = _link_reaches(s, a, b)
     emph = [p for p in (s.find(c, a, b) for c in "*_~") if p != -1]
     first_emph = min(emph) if emph else b
     edits = plan.edits
     unsure = False
+    bracket_open = False  # an unescaped '[' with no ']' after it yet
+    # marked hides code spans from emphasis by masking `...` pairs (and
+    # [..](..) links) found by a simpler scan; it agrees with ours while no
+    # odd backtick came first: no unmatched run, no run of 2+, no backtick
+    # inside a span, no escaped backtick, no backtick after a '['
+    aligned = True
+    tick_after_bracket = False
     i = a
     while i < b:
         c = s[i]
-        if c == "\\" and i + 1 < b and s[i + 1] in _PUNCT:
+        if c == "[":
+            bracket_open = True
+            tick_after_bracket = False
+        elif c == "]":
+            bracket_open = False
+        if c == "\\" and i + 1 < b and s[i + 1] == "`":
+            aligned = False
             if s[i + 1] == "@":
                 # "\@" renders "@": it could forge JupyterLab's "@@0@@" math
                 # placeholders (pasted back verbatim, even into attributes)
@@ -359,10 +373,21 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             close = starts[k] if k < len(starts) else None
             if close is None:
                 i = j
+                aligned = False
+                tick_after_bracket = True
                 continue
             content = s[j:close]
             single = "\n" not in content and "|" not in content
-            sure = single and _span_ok(s, a, i, content, first_bracket, first_emph)
+            masked = aligned and not tick_after_bracket and n == 1 and "`" not in content
+            sure = (
+                single
+                and not (bracket_open and "]" in content)
+                and not any(r0 < i < r1 for r0, r1 in reaches)
+                and _span_ok(s, a, i, content, first_emph, masked)
+            )
+            if n > 1 or "`" in content:
+                aligned = False
+            tick_after_bracket = True
             raw_ok = sure and not unsure
             if not sure:
                 # its ends may be read differently (eaten by a URL, a link, a
@@ -385,6 +410,18 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             if i + 1 < b and (s[i + 1].isascii() and s[i + 1].isalpha() or s[i + 1] in "/!?"):
                 edits.append((i, 1, "&lt;"))
         i += 1
+    # image alt text: marked 16 pastes it into alt="..." unescaped; from the
+    # first "![" to the last "]" every '"' becomes &quot; (renders the same)
+    img = s.find("![", a, b)
+    last = s.rfind("]", img, b) if img != -1 else -1
+    if last != -1:
+        k = s.find('"', img, last)
+        while k != -1:
+            if k > a and s[k - 1] == "\\" and _escaped(s, a, k - 1) is False:
+                edits.append((k - 1, 2, "&quot;"))
+            else:
+                edits.append((k, 1, "&quot;"))
+            k = s.find('"', k + 1, last)
     # destinations: after every "](" and "]:", wherever it is (even in code spans)
     for m in _LINK_DEST.finditer(s, a, b):
         p = m.end()
@@ -395,13 +432,63 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             edits.append((p, 0, _BLOCKED))
 
 
-def _span_ok(s: str, a: int, start: int, content: str, first_bracket: int, first_emph: int) -> bool:
+def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int]]:
+    """How far each ``](`` / ``][`` in ``s[a:b]`` may extend, for any parser.
+
+    After ``](``: the destination (``<...>`` or a run without whitespace, which
+    a parser may end anywhere) and any title that may start inside it or right
+    after the whitespace behind it, up to its closing quote or paren. After
+    ``][``: up to the next ``]``. A code span whose opening backticks fall
+    in such a reach may be cut in two by a link.
+    """
+    out: List[Tuple[int, int]] = []
+    for m in re.finditer(r"\]\(|\]\[", s[a:b]):
+        p = a + m.end()
+        if m.group(0) == "][":
+            q = s.find("]", p, b)
+            out.append((p - 2, b if q == -1 else q + 1))
+            continue
+        q = p
+        while q < b and s[q] in " \t\n":
+            q += 1
+        end = q
+        while end < b and not s[end].isspace():
+            end += 1
+        reach = end
+        if q < b and s[q] == "<":  # "<dest>", unless its '<' gets escaped: both readings
+            r = s.find(">", q, b)
+            reach = max(reach, b if r == -1 else r + 1)
+        w = end
+        while w < b and s[w] in " \t\n":
+            w += 1
+        starts = [k for k in range(q, end) if s[k] in "\"'("]
+        if w < b and s[w] in "\"'(":
+            starts.append(w)
+        for k in starts:
+            close = ")" if s[k] == "(" else s[k]
+            j = k + 1
+            while j < b and s[j] != close:
+                j += 2 if s[j] == "\\" else 1
+            reach = max(reach, min(j + 1, b))
+        out.append((m.start() + a, reach))
+    return out
+
+
+def _escaped(s: str, a: int, k: int) -> bool:
+    """Is ``s[k]`` itself escaped (an odd run of backslashes before it, from ``a``)?"""
+    n = 0
+    while k - 1 - n >= a and s[k - 1 - n] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def _span_ok(s: str, a: int, start: int, content: str, first_emph: int, masked: bool) -> bool:
     if start > a and s[start - 1] == "~":
-        return False
-    if first_bracket < start and (")" in content or "]" in content):
-        return False
-    if first_emph < start and any(c in content for c in "*_~"):
-        return False
+        return False  # marked reads "~`" as one run of text
+    if first_emph < start and not masked and any(c in content for c in "*_~"):
+        return False  # emphasis opened before may close inside
+    if first_emph < start and "~" in content:
+        return False  # "~~" strikethrough is not masked at all
     # the word before the span: a bare URL there would swallow the backticks
     w = start
     lo = max(a, start - 2000)
@@ -462,7 +549,8 @@ _JL_SPAN = re.compile(r"(^|[^\\])(`+)([^\n]*?[^`\n])\2(?!`)", re.M)
 def _jl_math_regions(text: str) -> List[Tuple[int, int, str, str]]:
     """Spans JupyterLab lifts out as math: (start, end, open token, close token)."""
     t = text
-    if "`" in t or "~~~" in t:
+    tilde = "`" in t or "~~~" in t
+    if tilde:
         t = t.replace("~", "~T")
         t = _JL_FENCE.sub(lambda m: m.group(0).replace("$", "~D"), t)
         t = _JL_SPAN.sub(lambda m: m.group(0).replace("$", "~D"), t)
@@ -470,7 +558,7 @@ def _jl_math_regions(text: str) -> List[Tuple[int, int, str, str]]:
     blocks = _MATHSPLIT.split(t)
     offs = [0]
     for blk in blocks:
-        offs.append(offs[-1] + len(blk) - blk.count("~"))
+        offs.append(offs[-1] + len(blk) - (blk.count("~") if tilde else 0))
     regions: List[Tuple[int, int, str, str]] = []
 
     def process(i0: int, i1: int) -> None:
