@@ -112,18 +112,21 @@ class OpchatMagics(Magics):
         """Everything a turn needs, from the traits and the cell's flags."""
         from .chat import ChatOptions
 
-        provider = self._provider_class(getattr(args, "provider", None))
-        kwargs = dict(self.provider_options)
-        kwargs.setdefault("connect_timeout", self.connect_timeout)
-        kwargs.setdefault("read_timeout", self.read_timeout)
-        if self.url:
-            kwargs.setdefault(getattr(provider, "url_kwarg", "url"), self.url)
-        secrets = tuple(v for v in (os.environ.get(k) for k in _KEY_VARIABLES) if v)
-        secrets += tuple(str(v) for k, v in kwargs.items() if "key" in k.lower() and v)
+        chosen = getattr(args, "provider", None)
+        provider = self._provider_class(chosen)
         if self.failover:
             from .providers.failover import failover_provider
 
             provider = failover_provider([provider] + [self._provider_class(n) for n in self.failover])
+        kwargs = dict(self.provider_options)
+        kwargs.setdefault("connect_timeout", self.connect_timeout)
+        kwargs.setdefault("read_timeout", self.read_timeout)
+        # `url` is the configured provider's endpoint; a `-p` override uses that
+        # provider's own default and environment (an AI Engine URL means nothing to Ollama).
+        if self.url and (chosen is None or chosen == self.provider):
+            kwargs.setdefault(getattr(provider, "url_kwarg", "url"), self.url)
+        secrets = tuple(v for v in (os.environ.get(k) for k in _KEY_VARIABLES) if v)
+        secrets += tuple(str(v) for k, v in kwargs.items() if "key" in k.lower() and v)
         return ChatOptions(
             provider=provider,
             model=getattr(args, "model", None) or self.model,

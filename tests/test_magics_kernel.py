@@ -21,7 +21,8 @@ def server():
 @pytest.fixture(scope="module")
 def kernel(server, tmp_path_factory):
     notebook = tmp_path_factory.mktemp("nb") / "chat.ipynb"
-    k = Kernel(env={"JPY_SESSION_NAME": str(notebook)})
+    k = Kernel(env={"JPY_SESSION_NAME": str(notebook), "OPCHAT_BASE_URL": server.openai_base_url,
+                    "OPCHAT_MODEL": "opchat-local"})
     k.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
     yield k
     k.shutdown()
@@ -195,3 +196,30 @@ def test_history_survives_kernel_restart(kernel, server):
     kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
     ex = kernel.run("%%opchat\ndo you?")
     assert shows(ex, reply_text(user("remember me", "do you?")))
+
+
+def test_openai_compatible_provider_per_cell(kernel, server):
+    before = server.stats.requests.get("chat_completions", 0)
+    ex = kernel.run("%%opchat -p openai\nhello over /v1")
+    assert shows(ex, reply_text(user("hello over /v1")))
+    assert "OpenAICompatible" in ex.markdown()
+    assert server.stats.requests.get("chat_completions", 0) == before + 1
+    # The same thread continues on the default provider, with the history.
+    ex = kernel.run("%%opchat\nand back")
+    assert shows(ex, reply_text(user("hello over /v1", "and back")))
+
+
+def test_failover_answers_when_the_first_endpoint_is_down(kernel, server, restore_url):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kernel.run(f"%config OpchatMagics.url = 'http://127.0.0.1:{port}'\n"
+               "%config OpchatMagics.failover = ['openai']")
+    try:
+        ex = kernel.run("%%opchat\nis anyone up?", timeout=60)
+    finally:
+        kernel.run("%config OpchatMagics.failover = []")
+    assert shows(ex, reply_text(user("is anyone up?")))
+    assert "OpenAICompatible" in ex.markdown()

@@ -243,8 +243,8 @@ def chat_cells(right_url: str, folder: Path) -> list:
         "%opchat_history",
         "%opchat_threads",
         "%opchat config",
-        f"%opchat_history --export {str(folder / 'export.json')!r}",
-        f"%opchat_history --export {str(folder / 'export.md')!r}",
+        f"%opchat_history --export {folder / 'export.json'}",  # (unquoted: quotes would stay in the name)
+        f"%opchat_history --export {folder / 'export.md'}",
         "m = get_ipython().magics_manager.registry['OpchatMagics']\n"
         "print(repr(m.last_reply)); print(repr(m.last_reply.final)); print(repr(m.conversation))\n"
         "print(m.conversation.thread().to_json())",

@@ -339,20 +339,21 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
     # marked hides code spans from emphasis by masking `...` pairs (and
     # [..](..) links) found by a simpler scan; it agrees with ours while no
     # odd backtick came first: no unmatched run, no run of 2+, no backtick
-    # inside a span, no escaped backtick, no backtick after a '['
+    # inside a span, no escaped backtick, no backtick inside a link
     aligned = True
-    tick_after_bracket = False
+    ticked_links = [r0 for r0, _r, r1 in reaches if s.find("`", r0, r1) != -1]
+    first_ticked_link = min(ticked_links) if ticked_links else b
     i = a
     while i < b:
         c = s[i]
         if c == "[":
             bracket_open = True
-            tick_after_bracket = False
         elif c == "]":
             bracket_open = False
-        if c == "\\" and i + 1 < b and s[i + 1] == "`":
-            aligned = False
-            if s[i + 1] == "@":
+        if c == "\\" and i + 1 < b and s[i + 1] in _PUNCT:
+            if s[i + 1] == "`":
+                aligned = False
+            elif s[i + 1] == "@":
                 # "\@" renders "@": it could forge JupyterLab's "@@0@@" math
                 # placeholders (pasted back verbatim, even into attributes)
                 edits.append((i, 2, "&#64;"))
@@ -374,20 +375,21 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             if close is None:
                 i = j
                 aligned = False
-                tick_after_bracket = True
                 continue
             content = s[j:close]
             single = "\n" not in content and "|" not in content
-            masked = aligned and not tick_after_bracket and n == 1 and "`" not in content
+            # (marked masks "\\`" as an escape first: a span ending in a
+            # backslash is not masked, and the masking after it is off)
+            masked = (aligned and first_ticked_link > i and n == 1
+                      and "`" not in content and not content.endswith("\\"))
             sure = (
                 single
                 and not (bracket_open and "]" in content)
-                and not any(r0 < i < r1 for r0, r1 in reaches)
+                and not any(r0 < i < r1 for _l, r0, r1 in reaches)
                 and _span_ok(s, a, i, content, first_emph, masked)
             )
-            if n > 1 or "`" in content:
+            if n > 1 or "`" in content or content.endswith("\\"):
                 aligned = False
-            tick_after_bracket = True
             raw_ok = sure and not unsure
             if not sure:
                 # its ends may be read differently (eaten by a URL, a link, a
@@ -432,21 +434,24 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             edits.append((p, 0, _BLOCKED))
 
 
-def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int]]:
+def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int, int]]:
     """How far each ``](`` / ``][`` in ``s[a:b]`` may extend, for any parser.
 
     After ``](``: the destination (``<...>`` or a run without whitespace, which
     a parser may end anywhere) and any title that may start inside it or right
     after the whitespace behind it, up to its closing quote or paren. After
-    ``][``: up to the next ``]``. A code span whose opening backticks fall
-    in such a reach may be cut in two by a link.
+    ``][``: up to the next ``]``. Returns (the ``[`` before, the ``]``, the
+    end of the reach). A code span whose opening backticks fall between the
+    ``]`` and the end may be cut in two by a link.
     """
-    out: List[Tuple[int, int]] = []
+    out: List[Tuple[int, int, int]] = []
     for m in re.finditer(r"\]\(|\]\[", s[a:b]):
+        label = s.rfind("[", a, m.start() + a)
+        label = m.start() + a if label == -1 else label
         p = a + m.end()
         if m.group(0) == "][":
             q = s.find("]", p, b)
-            out.append((p - 2, b if q == -1 else q + 1))
+            out.append((label, p - 2, b if q == -1 else q + 1))
             continue
         q = p
         while q < b and s[q] in " \t\n":
@@ -470,7 +475,7 @@ def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int]]:
             while j < b and s[j] != close:
                 j += 2 if s[j] == "\\" else 1
             reach = max(reach, min(j + 1, b))
-        out.append((m.start() + a, reach))
+        out.append((label, m.start() + a, reach))
     return out
 
 
@@ -655,9 +660,11 @@ def _math_guard(s: str) -> str:
     and pastes the math back with only ``& < >`` escaped, wherever its
     placeholder landed, attributes included. So: no math region may hold a
     ``"`` (unless it sits in a code block, before and after lifting), and the
-    lifted text must be as safe as ``s``: no raw ``<`` that stops being code,
-    no ``"`` in what becomes a fence info string. Every edit only escapes, so
-    the loop settles; a fallback escapes everything if it does not.
+    lifted text must be as safe as ``s``: the edits its own plan asks for (a
+    raw ``<`` that stopped being code, a link that stopped being code...) are
+    made in ``s``, and no ``"`` may sit in what becomes a fence info string.
+    Every edit only escapes, so the loop settles; a fallback escapes
+    everything if it does not.
     """
     for _round in range(12):
         if "$" not in s and "\\" not in s:
@@ -681,11 +688,13 @@ def _math_guard(s: str) -> str:
             else:
                 edits.extend((r0 + k, 1, "&quot;") for k, ch in enumerate(s[r0:r1]) if ch == '"')
         if not edits:
-            # raw '<' that would no longer be code once the math is lifted out
-            for s0, s1, p0 in kept:
-                for m in _TAGLIKE.finditer(s, s0, s1):
-                    if plan.is_allowed(m.start()) and not pplan.is_allowed(p0 + m.start() - s0):
-                        edits.append((m.start(), 1, "&lt;"))
+            # the lifted text must need no edit either: every edit its plan
+            # wants (a '<' that stopped being code, a link that stopped being
+            # code...) is made in s, where the same text is
+            for q, n, ins in pplan.edits:
+                at = _to_s(kept, q)
+                if at is not None and (n == 0 or _to_s(kept, q + n - 1) == at + n - 1):
+                    edits.append((at, n, ins))
             # '"' in what becomes a fence info string (lines joined by math)
             for a, b in _lines(p):
                 f = _FENCEISH.match(p, a, b)

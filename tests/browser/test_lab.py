@@ -166,8 +166,9 @@ def test_panel_enter_sends_streams_stops_and_sends_again(nb, chat_server, screen
 
 
 def _assistant_text(transcript) -> str:
+    """The last assistant message's text (without the ¶ anchors JupyterLab shows on hover)."""
     texts = transcript.locator(".opchat-msg-assistant").all_inner_texts()
-    return texts[-1] if texts else ""
+    return texts[-1].replace("¶", "") if texts else ""
 
 
 def test_hostile_reply_executes_nothing(nb):
