@@ -131,20 +131,26 @@ class LoopThread:
 
 def block(future: "concurrent.futures.Future[T]", timeout: Optional[float] = None,
           on_tick: Optional[Callable[[], None]] = None) -> T:
-    """Wait for ``future`` in slices; KeyboardInterrupt cancels it and is re-raised."""
+    """Wait for ``future`` in slices; KeyboardInterrupt cancels it and is re-raised.
+
+    Done-ness is asked with ``concurrent.futures.wait``, never inferred from a
+    TimeoutError: since Python 3.11 that is the builtin TimeoutError, which the
+    stream's own StreamTimeoutError subclasses, so catching it would mistake a
+    timed-out stream for one still running.
+    """
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
-            try:
-                return future.result(WAIT_SLICE)
-            except concurrent.futures.TimeoutError:
-                if on_tick is not None:
-                    on_tick()
-                if deadline is not None and time.monotonic() > deadline:
-                    future.cancel()
-                    raise TimeoutError("timed out waiting for the private loop")
+            done, _ = concurrent.futures.wait([future], timeout=WAIT_SLICE)
+            if done:
+                return future.result()
+            if on_tick is not None:
+                on_tick()
+            if deadline is not None and time.monotonic() > deadline:
+                future.cancel()
+                raise TimeoutError("timed out waiting for the private loop")
     except KeyboardInterrupt:
         future.cancel()
         _wait_cancelled(future)

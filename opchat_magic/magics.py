@@ -269,19 +269,19 @@ class OpchatMagics(Magics):
         text = chat.drain()
         if text:
             renderer.feed(text)
-        error = chat.error
-        if error is None and chat.future.cancelled():
-            error = StoppedError(partial=chat.text)
-        if error is None:
-            exc = chat.future.exception()
-            error = exc
+        # The turn's own status decides: a Stop that lost the race with the
+        # commit leaves a cancelled future, but a complete, committed reply.
+        completed = chat.turn.status == "complete"
+        error = None if completed else chat.error
+        if error is None and not completed:
+            error = StoppedError(partial=chat.text) if chat.future.cancelled() else chat.future.exception()
         if error is not None:
             stopped = isinstance(error, StoppedError)
             message = chat.describe(error)
             renderer.fail(message, stopped=stopped)
             raise _quiet(error, "⏹ Stopped: the partial reply is kept above. %opchat_retry sends it again."
                          if stopped else f"{type(error).__name__}: {message}\n%opchat_retry sends it again.")
-        reply = self.last_reply = chat.future.result()
+        reply = self.last_reply = chat.reply
         renderer.finish(footer_text(reply) if self.footer else None)
         reply_text = reply.text
         if args.output:
@@ -320,7 +320,7 @@ class OpchatMagics(Magics):
         args = self._parse(self.opchat_history, line)
         thread = self._thread(args.thread, create=False)
         if args.export:
-            path = Path(args.export).expanduser()
+            path = Path(args.export.strip("'\"")).expanduser()
             if path.suffix.lower() == ".json":
                 path.write_text(json.dumps(thread.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
             elif path.suffix.lower() in (".md", ".markdown"):
@@ -337,13 +337,16 @@ class OpchatMagics(Magics):
     @line_magic("opchat_threads")
     def opchat_threads(self, line):
         """List this notebook's threads."""
+        from .render import escape_text
+
         rows = ["| thread | messages | last turn |", "|---|---|---|"]
         for name in self.conversation.threads():
             thread = self.conversation.thread(name)
             failed = thread.last_failed
             state = f"{failed.status} (retry with %opchat_retry -t {name})" if failed else "ok"
             mark = " (default)" if name == self.thread else ""
-            rows.append(f"| {name}{mark} | {len(thread.messages)} | {state} |")
+            # Thread names are user text (and come back from the store): escape them.
+            rows.append(f"| {escape_text(name)}{mark} | {len(thread.messages)} | {escape_text(state)} |")
         display(Markdown("\n".join(rows)))
 
     @magic_arguments()

@@ -183,6 +183,7 @@ class ChatPanel:
         self._seen = None  # the thread's signature when the transcript was last built
         self._closed = False
         self._updating = False  # set while the panel itself changes selector values
+        self._refresh_queued = False  # a refresh waits for the kernel's loop
         self._kernel_loop = self._running_loop()
 
         # -- the widgets -------------------------------------------------------
@@ -240,8 +241,6 @@ class ChatPanel:
         self.stop_button.on_click(lambda _b: self.stop())
         self.retry_button.on_click(lambda _b: self.retry())
         self.new_thread_button.on_click(lambda _b: self._new_thread())
-        self.new_thread.continuous_update = False
-        self.new_thread.observe(self._on_new_thread_text, "value")
         self.thread_select.observe(self._on_thread_selected, "value")
         self.input.observe(self._on_input, "value")
 
@@ -459,7 +458,7 @@ class ChatPanel:
         footer = footer_text(reply)
         renderer.finish(footer if getattr(self.magics, "footer", True) else None)
         # An earlier stopped/failed turn that this one did not answer stays retryable.
-        self.retry_button.layout.display = None if self.thread.last_failed is not None else "none"
+        self.retry_button.layout.display = None if chat.thread.last_failed is not None else "none"
         self._set_status("✓ " + (footer or "done"), "done")
 
     @staticmethod
@@ -524,7 +523,14 @@ class ChatPanel:
             names = self.conversation.threads()
             if tuple(self.thread_select.options) == tuple(names) and self._rebuild(create=False):
                 return
-        self._in_kernel(self.refresh)
+            if self._refresh_queued:  # the kernel is busy with a cell; one queued refresh is enough
+                return
+            self._refresh_queued = True
+        self._in_kernel(self._queued_refresh)
+
+    def _queued_refresh(self) -> None:
+        self._refresh_queued = False
+        self.refresh()
 
     def _in_kernel(self, fn) -> None:
         loop = self._kernel_loop
@@ -579,19 +585,19 @@ class ChatPanel:
     def _turn_widget(self, turn):
         import ipywidgets as w
 
-        from .render import sanitize_markdown
+        from .render import escape_text, sanitize_markdown
 
         user = self._message_widget("user", turn.user)
         body = sanitize_markdown(turn.reply) if turn.reply else ""
         if turn.status == "complete":
             note = _turn_footer(turn)
             if note:
-                body += f"\n\n*{_md_escape(note)}*"
+                body += f"\n\n*{escape_text(note)}*"
         elif turn.status == "stopped":
             body += "\n\n*■ Stopped: not part of the history sent to the model; Retry sends it again.*"
         else:
             error = (turn.error or "unknown error").replace("\n", " ")
-            body += f"\n\n*✗ Failed: {_md_escape(error)}. Not part of the history; Retry sends it again.*"
+            body += f"\n\n*✗ Failed: {escape_text(error)}. Not part of the history; Retry sends it again.*"
         out = w.Output(layout=w.Layout(width="100%"))
         out.outputs = (_markdown_output(body.strip()),)
         answer = w.VBox([self._role("Assistant"), out], layout=w.Layout(width="100%"))
@@ -672,10 +678,6 @@ class ChatPanel:
             return
         self.switch_thread(change["new"])
 
-    def _on_new_thread_text(self, change) -> None:
-        if change["new"].strip():
-            self._new_thread()
-
     def _new_thread(self) -> None:
         name = self.new_thread.value.strip()
         if not name:
@@ -745,10 +747,6 @@ def _turn_footer(turn) -> str:
     if turn.provider:
         parts.append(turn.provider + (f" / {turn.model}" if turn.model else ""))
     return " · ".join(parts)
-
-
-def _md_escape(text: str) -> str:
-    return html.escape(text).replace("*", "\\*").replace("_", "\\_").replace("[", "\\[").replace("`", "\\`")
 
 
 def _strip_tags(text: str) -> str:

@@ -49,7 +49,7 @@ from opchat_magic.errors import (
 from opchat_magic.loop import get_loop
 from opchat_magic.providers.opchatgpts import Opchatgpts
 from opchat_magic.server import GOOD, LocalServer, reply_text, split_chunks, text_of_length
-from opchat_magic.server.faults import FAULTS, HTML_PAGE, HTTP_MESSAGES, OVERLOADED, Fault
+from opchat_magic.server.faults import FAULTS, HTTP_MESSAGES, OVERLOADED, Fault
 
 CHUNK = 5
 READ_TIMEOUT = 0.5  # seconds of silence before StreamTimeoutError, in the timing rows
@@ -406,12 +406,6 @@ def test_bad_user_input_is_a_usage_error_and_sends_nothing(kernel, server):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: loop.block() (loop.py) catches concurrent.futures.TimeoutError to mean 'not done "
-    "yet'; on Python >= 3.11 that is the builtin TimeoutError, which StreamTimeoutError subclasses, "
-    "so a stream that times out is never reported: block() re-raises the same exception in a tight "
-    "loop (its traceback grows by ~500k frames, ~100 MB, per second) until LoopThread.run()'s deadline; "
-    "Opchatgpts.create_completion() has no deadline and spins forever"))
 def test_sync_path_reports_a_stream_timeout(server):
     """The gpt4free-style synchronous API must give StreamTimeoutError, not hang."""
     messages = [{"role": "user", "content": "stall [[fault:stall]]"}]

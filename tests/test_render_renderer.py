@@ -292,7 +292,7 @@ def test_widget_face_touches_only_the_tail_output():
 
     t = [0.0]
     r = Renderer(face, interval=0.05, clock=lambda: t[0])
-    text = realistic_reply(6000, seed=2)
+    text = realistic_reply(12000, seed=2)
     seen = set()
     frozen = {}
     for i in range(0, len(text), 5):
@@ -312,7 +312,9 @@ def test_widget_face_touches_only_the_tail_output():
     md = [o.outputs[0]["data"]["text/markdown"] for o in outs]
     assert md[:-1] == [sanitize_markdown(b) for b in expected_blocks(text)]
     assert all(len(o.outputs) == 1 and o.outputs[0]["output_type"] == "display_data" for o in outs)
-    assert all(len(page.children) <= 4 for page in face.widget.children)
+    boxes = [face.widget] + list(face.widget.children) + [p for c in face.widget.children for p in c.children]
+    assert all(len(box.children) <= 4 for box in boxes)
+    assert len(face.widget.children) >= 2  # 4 x 4 Outputs per chapter: the tree has grown
     assert len(outs) > 8
     # each Output changed only while it was the tail, and at most once after that (its final state)
     assert all(len(v) <= r.tail_updates for v in changes.values())

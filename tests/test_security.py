@@ -251,6 +251,7 @@ def chat_cells(right_url: str, folder: Path) -> list:
     ]
 
 
+@pytest.mark.kernel
 def test_key_stays_out_of_a_saved_notebook(tmp_path, wrong_server, right_server):
     import nbformat
     from nbclient import NotebookClient

@@ -111,19 +111,21 @@ class WidgetFace:
     Only traits are set (never ``with out:`` capture), so it may be driven
     from a thread that is not the kernel's. A completed block's Output is
     never touched again; only the tail Output's ``outputs`` is replaced.
-    Outputs are grouped in pages of ``page_size`` (a nested VBox) so that
-    adding a block re-sends a short ``children`` list, not one that grows
-    with the reply; all Outputs share one Layout widget.
+    Outputs sit in a small tree (``widget`` -> chapters -> pages -> Outputs,
+    at most ``page_size`` children each) so that adding a block re-sends a
+    short ``children`` list, never one that grows with the reply; all
+    Outputs share one Layout widget, all pages and chapters another.
     """
 
     def __init__(self, page_size: int = 16):
         import ipywidgets
 
         self._w = ipywidgets
-        self._page_size = page_size
+        self._page_size = max(2, page_size)
         self._out_layout = ipywidgets.Layout()
-        self._page_layout = ipywidgets.Layout()
+        self._box_layout = ipywidgets.Layout()
         self.widget = ipywidgets.VBox()
+        self._chapter: Any = None
         self._page: Any = None
         self._tail: Any = None
         self._tail_md = ""
@@ -132,14 +134,21 @@ class WidgetFace:
     def _outputs(data: dict) -> tuple:
         return ({"output_type": "display_data", "data": data, "metadata": {}},)
 
+    def _box(self, child: Any) -> Any:
+        return self._w.VBox(children=(child,), layout=self._box_layout)
+
     def _add_output(self, data: dict) -> Any:
         out = self._w.Output(layout=self._out_layout, outputs=self._outputs(data))
-        page = self._page
-        if page is None or len(page.children) >= self._page_size:
-            self._page = self._w.VBox(children=(out,), layout=self._page_layout)
-            self.widget.children = self.widget.children + (self._page,)
+        size = self._page_size
+        if self._page is not None and len(self._page.children) < size:
+            self._page.children = self._page.children + (out,)
         else:
-            page.children = page.children + (out,)
+            self._page = self._box(out)
+            if self._chapter is not None and len(self._chapter.children) < size:
+                self._chapter.children = self._chapter.children + (self._page,)
+            else:
+                self._chapter = self._box(self._page)
+                self.widget.children = self.widget.children + (self._chapter,)
         return out
 
     def add_block(self, md: str) -> None:
@@ -174,7 +183,7 @@ class WidgetFace:
     @property
     def outputs(self) -> list:
         """Every Output widget, in order (tests, the panel)."""
-        return [out for page in self.widget.children for out in page.children]
+        return [out for chapter in self.widget.children for page in chapter.children for out in page.children]
 
 
 # C0/C1 controls except tab and newline: no terminal escape sequences from a model

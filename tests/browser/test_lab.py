@@ -119,6 +119,9 @@ def test_panel_enter_sends_streams_stops_and_sends_again(nb, chat_server, screen
     assert len(grown) > len(first) + 20, "the panel's reply did not grow while streaming"
     while len(_assistant_text(transcript)) < 400 and time.monotonic() < deadline:
         time.sleep(0.1)  # a paragraph or two for the picture
+    page.mouse.move(0, 0)  # no hover decorations (heading anchors) in the picture
+    panel.scroll_into_view_if_needed()
+    expect(status).to_contain_text("Streaming")
     screenshot(panel, "panel-streaming.png")
     grown = _assistant_text(transcript)
 
