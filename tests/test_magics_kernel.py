@@ -223,3 +223,43 @@ def test_failover_answers_when_the_first_endpoint_is_down(kernel, server, restor
         kernel.run("%config OpchatMagics.failover = []")
     assert shows(ex, reply_text(user("is anyone up?")))
     assert "OpenAICompatible" in ex.markdown()
+
+
+def test_help_documents_every_flag(kernel):
+    ex = kernel.run("%%opchat?\n")
+    pages = [p for p in ex.reply["content"].get("payload", []) if p.get("source") == "page"]
+    text = pages[0]["data"]["text/plain"] if pages else ex.stdout
+    for flag in ("--thread", "--model", "--provider", "--system", "--format", "--output", "--no-history"):
+        assert flag in text, flag
+
+
+def test_export_and_providers(kernel, tmp_path):
+    kernel.run("%%opchat\nexport me")
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    kernel.run(f"%opchat_history --export {md}\n%opchat_history --export '{js}'")
+    assert "export me" in md.read_text()
+    import json
+
+    data = json.loads(js.read_text())
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert data["messages"][1]["content"] == reply_text(user("export me"))
+    table = kernel.run("%opchat providers").markdown()
+    for name in ("opchatgpts", "openai", "ollama"):
+        assert name in table
+
+
+def test_traits_come_from_ipython_config(server, tmp_path):
+    ipython_dir = tmp_path / "ipython"
+    profile = ipython_dir / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text(
+        f"c.OpchatMagics.url = {server.url!r}\nc.OpchatMagics.thread = 'from-config'\n"
+        "c.OpchatMagics.footer = False\n")
+    with Kernel(env={"IPYTHONDIR": str(ipython_dir)}) as k:
+        k.run("%load_ext opchat_magic")
+        ex = k.run("%%opchat\nconfigured?")
+        assert shows(ex, reply_text(user("configured?")))
+        assert "first chunk" not in ex.markdown()  # footer off
+        assert k.value("get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()") \
+            == ["default", "from-config"] or "from-config" in k.value(
+                "get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()")
