@@ -106,8 +106,8 @@ def main(argv=None) -> int:
                 latencies.append(stats.disconnect_events[-1]["at"] - state["t"])
 
     print(f"\nRender cost: {args.rate:.0f} chunks/s of ~5 chars, real kernel, every iopub message counted\n")
-    print(f"| renderer | chunks | reply bytes | iopub msgs | msgs/s | iopub bytes | bytes per reply byte |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    print("| renderer | chunks | reply bytes | iopub msgs | msgs/s | iopub bytes | bytes per reply byte |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, n, chars, r in rows:
         print(f"| {name} | {n:,} | {chars:,} | {r['messages']:,} | {r['rate']:.1f} | {r['bytes']:,} | "
               f"{r['bytes'] / chars:.1f} |")

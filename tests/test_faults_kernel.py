@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import select
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import time
 
 import pytest
 
-from opchat_magic.server import LocalServer, reply_text, text_of_length
+from opchat_magic.testing import free_port
+from opchat_magic.server import echo_history as user, LocalServer, reply_text, text_of_length
 from opchat_magic.testing.kernel import Kernel
 
 pytestmark = pytest.mark.timeout(240)
@@ -32,20 +32,6 @@ kernel_test = pytest.mark.kernel
 CHUNK = 5
 
 
-def user(*texts):
-    """The message list the server sees for a thread whose turns were `texts` (plain echo turns)."""
-    messages = []
-    for i, t in enumerate(texts):
-        messages.append({"role": "user", "content": t})
-        if i < len(texts) - 1:
-            messages.append({"role": "assistant", "content": reply_text(messages)})
-    return messages
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def squash(text: str) -> str:

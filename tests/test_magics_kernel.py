@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from opchat_magic.server import LocalServer, reply_text
+from opchat_magic.server import echo_history as user, LocalServer, reply_text
+from opchat_magic.testing import free_port
 from opchat_magic.testing.kernel import Kernel
 
 pytestmark = pytest.mark.kernel
@@ -35,19 +36,6 @@ def fresh(kernel, server):
     yield
 
 
-def user(*texts):
-    """The message list the server sees for a thread whose turns were `texts`."""
-    messages = []
-    for i, t in enumerate(texts):
-        messages.append({"role": "user", "content": t})
-        if i < len(texts) - 1:
-            messages.append({"role": "assistant", "content": reply_text(messages)})
-    return messages
-
-
-def shows(ex, expected: str) -> bool:
-    """The cell's Markdown outputs (one per block) hold ``expected``, whitespace aside."""
-    return " ".join(expected.split()) in " ".join(ex.markdown().split())
 
 
 def test_reply_streams_incrementally_and_renders_markdown(kernel, server):
@@ -71,14 +59,14 @@ def test_reply_streams_incrementally_and_renders_markdown(kernel, server):
 def test_history_threads_and_reset(kernel, server):
     kernel.run("%%opchat\nfirst")
     ex = kernel.run("%%opchat\nsecond")
-    assert shows(ex, reply_text(user("first", "second")))
+    assert ex.shows(reply_text(user("first", "second")))
     other = kernel.run("%%opchat -t other\nelsewhere")
-    assert shows(other, reply_text(user("elsewhere")))
+    assert other.shows(reply_text(user("elsewhere")))
     threads = kernel.run("%opchat_threads").markdown()
     assert "default" in threads and "other" in threads
     kernel.run("%opchat_reset")
     again = kernel.run("%%opchat\nafresh")
-    assert shows(again, reply_text(user("afresh")))
+    assert again.shows(reply_text(user("afresh")))
 
 
 def test_reply_lands_in_underscore_and_output_variable(kernel):
@@ -120,9 +108,9 @@ def test_server_error_is_shown_plainly_and_kept_out_of_history(kernel, server):
     assert "%opchat_retry" in traceback
     # The failed turn is retried with one magic and then enters history once.
     retry = kernel.run("%opchat_retry")
-    assert shows(retry, reply_text(user("kept", "this one fails")))
+    assert retry.shows(reply_text(user("kept", "this one fails")))
     nxt = kernel.run("%%opchat\nafter")
-    assert shows(nxt, reply_text(user("kept", "this one fails", "after")))
+    assert nxt.shows(reply_text(user("kept", "this one fails", "after")))
 
 
 @pytest.fixture
@@ -132,11 +120,7 @@ def restore_url(kernel, server):
 
 
 def test_unreachable_endpoint_says_how_to_fix_it(kernel, restore_url):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     kernel.run(f"%config OpchatMagics.url = 'http://127.0.0.1:{port}'")
     ex = kernel.run("%%opchat\nanyone there?", check=False, timeout=30)
     assert ex.status == "error"
@@ -171,7 +155,7 @@ def test_interrupt_closes_the_connection_and_keeps_the_kernel(kernel, server):
     assert stats.disconnect_events[-1]["at"] - interrupted_at[0] < 1.0
     # The kernel is usable and the stopped turn is not in the history sent next.
     ex = kernel.run("%%opchat\nafter")
-    assert shows(ex, reply_text(user("before", "after")))
+    assert ex.shows(reply_text(user("before", "after")))
 
 
 def test_hostile_reply_is_escaped(kernel):
@@ -195,33 +179,29 @@ def test_history_survives_kernel_restart(kernel, server):
     kernel.restart()
     kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
     ex = kernel.run("%%opchat\ndo you?")
-    assert shows(ex, reply_text(user("remember me", "do you?")))
+    assert ex.shows(reply_text(user("remember me", "do you?")))
 
 
 def test_openai_compatible_provider_per_cell(kernel, server):
     before = server.stats.requests.get("chat_completions", 0)
     ex = kernel.run("%%opchat -p openai\nhello over /v1")
-    assert shows(ex, reply_text(user("hello over /v1")))
+    assert ex.shows(reply_text(user("hello over /v1")))
     assert "OpenAICompatible" in ex.markdown()
     assert server.stats.requests.get("chat_completions", 0) == before + 1
     # The same thread continues on the default provider, with the history.
     ex = kernel.run("%%opchat\nand back")
-    assert shows(ex, reply_text(user("hello over /v1", "and back")))
+    assert ex.shows(reply_text(user("hello over /v1", "and back")))
 
 
 def test_failover_answers_when_the_first_endpoint_is_down(kernel, server, restore_url):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     kernel.run(f"%config OpchatMagics.url = 'http://127.0.0.1:{port}'\n"
                "%config OpchatMagics.failover = ['openai']")
     try:
         ex = kernel.run("%%opchat\nis anyone up?", timeout=60)
     finally:
         kernel.run("%config OpchatMagics.failover = []")
-    assert shows(ex, reply_text(user("is anyone up?")))
+    assert ex.shows(reply_text(user("is anyone up?")))
     assert "OpenAICompatible" in ex.markdown()
 
 
@@ -258,7 +238,7 @@ def test_traits_come_from_ipython_config(server, tmp_path):
     with Kernel(env={"IPYTHONDIR": str(ipython_dir)}) as k:
         k.run("%load_ext opchat_magic")
         ex = k.run("%%opchat\nconfigured?")
-        assert shows(ex, reply_text(user("configured?")))
+        assert ex.shows(reply_text(user("configured?")))
         assert "first chunk" not in ex.markdown()  # footer off
         assert k.value("get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()") \
             == ["default", "from-config"] or "from-config" in k.value(

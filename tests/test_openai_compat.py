@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-import types
 
-import aiohttp
 
 import pytest
 from aioresponses import aioresponses

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from opchat_magic.server import LocalServer, reply_text
+from opchat_magic.server import echo_history as user, LocalServer, reply_text
 from opchat_magic.testing.kernel import Kernel
 
 pytestmark = pytest.mark.kernel
@@ -46,15 +46,6 @@ def fresh(kernel, server):
     kernel.run("panel = new_panel(thread='default')")
     yield
 
-
-def user(*texts):
-    """The message list the server sees for a thread whose turns were ``texts``."""
-    messages = []
-    for i, t in enumerate(texts):
-        messages.append({"role": "user", "content": t})
-        if i < len(texts) - 1:
-            messages.append({"role": "assistant", "content": reply_text(messages)})
-    return messages
 
 
 def history(*texts):

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from opchat_magic.testing import free_port
 from opchat_magic.chat import ChatOptions, ChatTurn
 from opchat_magic.conversation import Conversation
 from opchat_magic.errors import HTTPStatusError
@@ -113,11 +114,6 @@ def _listening(port: int) -> list:
                     found.append(socket.inet_ntoa(bytes.fromhex(host)[::-1]))
     return found
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc/net/tcp")

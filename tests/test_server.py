@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from opchat_magic.testing import free_port
 from opchat_magic.server import (
     FAULTS,
     GOOD,
@@ -137,11 +138,6 @@ async def read_until_error(resp, timeout: float = 10.0):
         return bytes(got), exc
     return bytes(got), None
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -20,13 +20,14 @@ Modules, one idea each:
 ``python -m opchat_magic.server`` is ``opchat-magic serve``.
 """
 from .faults import FAULTS, GOOD, fault_names
-from .replies import HOSTILE_REPLY, Directives, long_text, parse_directives, reply_text, split_chunks, text_of_length
+from .replies import HOSTILE_REPLY, echo_history, Directives, long_text, parse_directives, reply_text, split_chunks, text_of_length
 from .runner import LocalServer, is_loopback
 from .stats import Stats
 
 __all__ = [
     "LocalServer",
     "reply_text",
+    "echo_history",
     "split_chunks",
     "long_text",
     "text_of_length",

@@ -50,6 +50,7 @@ __all__ = [
     "message_text",
     "last_user_text",
     "reply_text",
+    "echo_history",
     "compose",
     "long_text",
     "text_of_length",
@@ -187,6 +188,17 @@ def compose(messages: Any, new_message: Optional[str] = None, *, chunk_size: int
     count = len(messages) if isinstance(messages, list) else 0
     noun = "message" if count == 1 else "messages"
     return f"Echo: {echo}\n\nThis conversation has {count} {noun}.", directives
+
+
+def echo_history(*texts: str) -> list:
+    """The messages a thread sends after plain turns ``texts``: each earlier one
+    answered with its :func:`reply_text`, the last one still waiting for its reply."""
+    messages: list = []
+    for i, text in enumerate(texts):
+        messages.append({"role": "user", "content": text})
+        if i < len(texts) - 1:
+            messages.append({"role": "assistant", "content": reply_text(messages)})
+    return messages
 
 
 def reply_text(messages: Any, new_message: Optional[str] = None, *, chunk_size: int = 5) -> str:

@@ -1,1 +1,9 @@
 """Test helpers that ship with the package (a real-kernel driver), used by tests and benchmarks."""
+import socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

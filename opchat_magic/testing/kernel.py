@@ -89,6 +89,10 @@ class Execution:
                 outputs.clear()
         return outputs
 
+    def shows(self, expected: str) -> bool:
+        """The Markdown outputs (one per block) hold ``expected``, whitespace aside."""
+        return " ".join(expected.split()) in " ".join(self.markdown().split())
+
     def markdown(self) -> str:
         """All text/markdown of the final outputs, in order."""
         return "\n".join(o["data"]["text/markdown"] for o in self.final_outputs()

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
+from opchat_magic.testing import free_port as _free_port
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,11 +65,6 @@ def _browser_available():
             pytest.fail(f"browser suite required (OPCHAT_REQUIRE_BROWSER=1) but {reason}", pytrace=False)
         pytest.skip(f"browser suite skipped: {reason}")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get_json(url: str, timeout: float = 2.0):

@@ -6,7 +6,6 @@ history). Every wait is bounded.
 """
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
