@@ -428,3 +428,19 @@ def test_streamed_payloads_are_inert_at_every_update(jupyterlab):
     assert len(sent) > 100
     for md in sent:
         assert problems(jupyterlab.html(md)) == [], md
+
+
+@pytest.mark.parametrize("pattern", ["](", "]((\"", "[a](`x\" $<b>* ", "$\"$ ", "``a` ", "x`<b>`", "$`<b>`", "- ```\n", "\\"])
+def test_adversarial_input_stays_fast(pattern):
+    """The tail is sanitised on every update: no pattern may make it quadratic."""
+    import time
+
+    def cost(n):
+        text = (pattern * (n // len(pattern) + 1))[:n]
+        t = time.perf_counter()
+        sanitize_markdown(text)
+        return time.perf_counter() - t
+
+    small, big = cost(2000), cost(8000)  # 8,000 chars: the largest tail the splitter keeps
+    assert big < 0.5, big
+    assert big < 8 * small + 0.01, (small, big)  # 4x the text: ~4x the time

@@ -20,9 +20,12 @@ reply, with one exception, the caps that keep the tail small:
 * a fenced code block over ``max_fence_lines`` lines (or ``4 * max_chars``
   characters) is cut at a line boundary: the emitted piece gets a closing
   fence and the tail reopens the fence with the same opening line, so every
-  piece renders as a code block;
-* a single line over ``max_chars`` characters is cut after a space (or hard,
-  when there is none), the rest continuing the same paragraph or code;
+  piece renders as a code block (a fence inside a list item likewise: the
+  rest goes on as a top-level fence);
+* a single line over ``max_chars`` characters is cut before a letter (after
+  a space if possible), the rest continuing the same paragraph or code (an
+  opening fence line that long, i.e. a 2,000-char info string, is cut too,
+  and the code after it then shows as text);
 * any open block over ``4 * max_chars`` characters is cut at the next line
   boundary, whatever it is (the guarantee that the tail stays bounded).
 
@@ -79,13 +82,27 @@ def _fence_closes(line: str, ch: str, n: int) -> bool:
 def _long_cut(s: str, cap: int) -> int:
     """Where to cut a line longer than ``cap``: decided on ``s[:cap + 1]`` only.
 
-    Prefer the last place where whitespace is followed by a letter (so the
-    rest cannot start a heading or a list item); otherwise cut hard at cap.
+    The rest starts a line of its own in the next piece, so it should start
+    with a letter (no heading, list item or fence): prefer the last place
+    where whitespace is followed by a letter, then one inside a word, then
+    any character that starts no block; cut hard at cap only when the
+    line holds nothing but Markdown punctuation there.
     """
-    for i in range(cap, max(1, cap // 2), -1):
+    lo = max(1, cap // 2)
+    for i in range(cap, lo, -1):
         if s[i - 1] in " \t" and s[i].isalpha():
             return i
+    for i in range(cap, lo, -1):
+        if s[i].isalpha() and s[i - 1].isalpha():
+            return i
+    for i in range(cap, lo, -1):  # no letters: anything that starts no Markdown block
+        if s[i] not in _BLOCK_START and not _ORDERED.match(s, i):
+            return i
     return cap
+
+
+_BLOCK_START = frozenset(" \t#>-+*=_`~|[]!<:")
+_ORDERED = re.compile(r"\d{1,9}[.)]")
 
 
 class BlockSplitter:

@@ -7,20 +7,25 @@ HTML in a reply runs (``<img src=x onerror=...>``), links may be
 * every ``<`` that could open a tag, comment, CDATA or processing instruction
   (``<`` followed by a letter, ``/``, ``!`` or ``?``) is ``&lt;``, except in
   code that every parser agrees is code, and in ``<http(s)://...>`` /
-  ``<mailto:...>`` / e-mail autolinks;
+  ``<mailto:...>`` / e-mail autolinks; ``\\<`` becomes ``&lt;`` too (marked's
+  bare-URL rule can swallow the backslash);
 * link and image destinations after ``](`` and ``]:`` whose scheme, once
   entities, backslash escapes, tabs, newlines and leading control characters
   are resolved the way a browser would, is ``javascript:``, ``vbscript:`` or
   ``data:`` (other than ``data:image/png|gif|jpeg|webp``) get ``#blocked-``
   put in front (a harmless fragment link); dangerous autolinks are escaped;
+* ``"`` in image alt text is ``&quot;`` (marked 16, shipped by JupyterLab
+  releases before 4.6, pastes alt text into ``alt="..."`` unescaped);
 * fence info strings keep only ``[A-Za-z0-9_+#.-]`` and spaces (JupyterLab's
   highlighter pastes the info string into ``class="language-..."``);
 * JupyterLab's math pass (``removeMath`` lifts ``$...$``, ``\\(...\\)``,
-  ``\\begin..\\end`` out before ``marked`` runs and pastes it back with only
-  ``& < >`` escaped) can neither carry a ``"`` into an attribute nor cut a code
-  span or fence in two: the math regions are computed exactly as JupyterLab
-  does, offending delimiters are escaped (``\\$`` renders as ``$``), and any raw
-  ``<`` that would stop being code once math is lifted out is escaped.
+  ``\\begin..\\end`` out before marked runs and pastes it back, with only
+  ``& < >`` escaped, wherever its ``@@n@@`` placeholder landed) can neither
+  carry a ``"`` into an attribute nor turn code into text: the regions are
+  computed exactly as JupyterLab does, offending delimiters are escaped
+  (``\\$`` renders as ``$``), the text left after lifting is sanitised again
+  and its edits made here, and ``\\@`` (which could forge a placeholder)
+  becomes ``&#64;``.
 
 ``&`` is left alone: an entity in text only ever renders as a character, and
 entities are resolved before the scheme check of a destination.
@@ -31,22 +36,26 @@ HTML. When unsure, the sanitiser escapes: the worst outcome is a visible
 ``&lt;`` inside a code sample, never a live tag. In particular:
 
 * fenced code is code from an opening fence (indent 0-3, no list or quote
-  marker on the line) to its closing fence; a line that could close the fence
-  for one parser and not another (``marked`` accepts ``\u0060\u0060\u0060~``, CommonMark
-  accepts a trailing tab), a less indented line in an indented fence, a
+  marker on the line) to its closing fence. The rest of the text is
+  "tainted" (all text from then on) after a line that could close the fence
+  for one parser and not another (marked accepts ``\u0060\u0060\u0060~``,
+  CommonMark a trailing tab), a less indented line in an indented fence, a
   fence-looking line behind a list/quote marker or indented 4+, or a fence
-  after a ``]:`` (a link definition title may swallow lines) makes the rest of
-  the text "tainted": all of it is then treated as text;
+  opened while a ``[`` is unclosed or after a ``]:`` (marked reads link
+  definitions, labels and titles included, across fence lines);
 * indented code is code only at the very start of the document;
-* an inline code span keeps a raw ``<`` only if it sits on one line, holds no
-  ``|`` (table cells are split first), follows no ``~`` (``marked`` glues
-  ``~\u0060``), no URL in the same word (a bare URL eats backticks), no ``[`` earlier
-  in the paragraph when the span holds ``)`` or ``]`` (a link could end inside
-  it), no ``*``/``_``/``~`` earlier when the span holds one (emphasis could end
-  inside it), and no earlier span in the paragraph crossed a line or ``|``.
+* an inline code span keeps a raw ``<`` only if the way it pairs up is
+  certain: it sits on one line and holds no ``|`` (table cells are split
+  first); no ``~`` right before it (marked reads ``~\u0060`` as one run); no
+  URL in the word before it (a bare URL eats backticks); its opening is not
+  within reach of a link destination or title, nor does it hold ``]`` while a
+  ``[`` is open; it holds no ``*``/``_``/``~`` after one appeared in the
+  paragraph unless marked surely masks it from emphasis; and no earlier span
+  in the paragraph failed these tests (its ends would shift all later
+  pairings).
 
-The tests check all of this against JupyterLab's own bundled ``marked`` and
-math pass (when node and JupyterLab are installed) with a fuzzer.
+Tested against JupyterLab's own bundled marked versions and math pass (run
+under node when both are installed), by a battery and by fuzzing.
 """
 from __future__ import annotations
 
@@ -434,24 +443,45 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             edits.append((p, 0, _BLOCKED))
 
 
+_MAX_LINKS = 200  # per paragraph; beyond this every code span in it is "unsure"
+
+
+def _next_unescaped(s: str, ch: str, k: int, b: int) -> int:
+    """First ``ch`` at or after ``k`` (before ``b``) not escaped by a backslash, or ``b``."""
+    while True:
+        k = s.find(ch, k, b)
+        if k == -1:
+            return b
+        n = 0
+        while k - 1 - n >= 0 and s[k - 1 - n] == "\\":
+            n += 1
+        if n % 2 == 0:
+            return k
+        k += 1
+
+
 def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int, int]]:
     """How far each ``](`` / ``][`` in ``s[a:b]`` may extend, for any parser.
 
     After ``](``: the destination (``<...>`` or a run without whitespace, which
     a parser may end anywhere) and any title that may start inside it or right
-    after the whitespace behind it, up to its closing quote or paren. After
-    ``][``: up to the next ``]``. Returns (the ``[`` before, the ``]``, the
-    end of the reach). A code span whose opening backticks fall between the
-    ``]`` and the end may be cut in two by a link.
+    after the whitespace behind it, up to its closing quote or paren (of the
+    possible starts of one kind, the last reaches farthest). After ``][``: up
+    to the next ``]``. Returns (the ``[`` before, the ``]``, the end of the
+    reach). A code span whose opening backticks fall between the ``]`` and
+    the end may be cut in two by a link.
     """
+    found = list(re.finditer(r"\]\(|\]\[", s[a:b]))
+    if len(found) > _MAX_LINKS:
+        return [(a, a, b)]
     out: List[Tuple[int, int, int]] = []
-    for m in re.finditer(r"\]\(|\]\[", s[a:b]):
-        label = s.rfind("[", a, m.start() + a)
-        label = m.start() + a if label == -1 else label
-        p = a + m.end()
+    for m in found:
+        at = m.start() + a
+        label = s.rfind("[", a, at)
+        label = at if label == -1 else label
+        p = at + 2
         if m.group(0) == "][":
-            q = s.find("]", p, b)
-            out.append((label, p - 2, b if q == -1 else q + 1))
+            out.append((label, at, _next_unescaped(s, "]", p, b) + 1))
             continue
         q = p
         while q < b and s[q] in " \t\n":
@@ -461,21 +491,18 @@ def _link_reaches(s: str, a: int, b: int) -> List[Tuple[int, int, int]]:
             end += 1
         reach = end
         if q < b and s[q] == "<":  # "<dest>", unless its '<' gets escaped: both readings
-            r = s.find(">", q, b)
-            reach = max(reach, b if r == -1 else r + 1)
+            reach = max(reach, _next_unescaped(s, ">", q, b) + 1)
         w = end
         while w < b and s[w] in " \t\n":
             w += 1
-        starts = [k for k in range(q, end) if s[k] in "\"'("]
+        starts = [s.rfind(c, q, end) for c in "\"'("]
         if w < b and s[w] in "\"'(":
             starts.append(w)
         for k in starts:
-            close = ")" if s[k] == "(" else s[k]
-            j = k + 1
-            while j < b and s[j] != close:
-                j += 2 if s[j] == "\\" else 1
-            reach = max(reach, min(j + 1, b))
-        out.append((label, m.start() + a, reach))
+            if k != -1:
+                close = ")" if s[k] == "(" else s[k]
+                reach = max(reach, min(_next_unescaped(s, close, k + 1, b) + 1, b))
+        out.append((label, at, reach))
     return out
 
 
@@ -495,13 +522,8 @@ def _span_ok(s: str, a: int, start: int, content: str, first_emph: int, masked: 
     if first_emph < start and "~" in content:
         return False  # "~~" strikethrough is not masked at all
     # the word before the span: a bare URL there would swallow the backticks
-    w = start
-    lo = max(a, start - 2000)
-    while w > lo and s[w - 1] not in " \t\n":
-        w -= 1
-    if w == lo and lo > a:
-        return False
-    word = s[w:start].lower()
+    w = max(s.rfind(" ", a, start), s.rfind("\t", a, start), s.rfind("\n", a, start)) + 1
+    word = s[max(w, a):start].lower()
     return "://" not in word and "www." not in word
 
 
