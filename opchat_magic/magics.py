@@ -279,7 +279,7 @@ class OpchatMagics(Magics):
             stopped = isinstance(error, StoppedError)
             message = chat.describe(error)
             renderer.fail(message, stopped=stopped)
-            raise _quiet(error, "⏹ Stopped: the partial reply is kept above. %opchat_retry sends it again."
+            raise _quiet(error, "■ Stopped: what arrived is kept above. %opchat_retry sends it again."
                          if stopped else f"{type(error).__name__}: {message}\n%opchat_retry sends it again.")
         reply = self.last_reply = chat.reply
         renderer.finish(footer_text(reply) if self.footer else None)

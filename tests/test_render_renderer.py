@@ -368,3 +368,12 @@ def test_import_is_cheap():
     code = "import sys, opchat_magic.render; print(sorted(m for m in ('IPython', 'ipywidgets', 'ipykernel') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_stop_before_any_text_says_so():
+    from opchat_magic.render import STOPPED_EMPTY, TerminalFace
+
+    buf = io.StringIO()
+    r = Renderer(TerminalFace(stream=buf))
+    r.fail("stopped by the user", stopped=True)
+    assert buf.getvalue().strip() == STOPPED_EMPTY

@@ -6,7 +6,7 @@ this package is cheap: IPython and ipywidgets load only when a face needs them.
 """
 from .blocks import BlockSplitter
 from .faces import DisplayFace, TerminalFace, WidgetFace, choose_face, in_kernel
-from .renderer import STOPPED, Renderer
+from .renderer import STOPPED, STOPPED_EMPTY, Renderer
 from .sanitize import escape_text, sanitize_markdown
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "choose_face",
     "in_kernel",
     "STOPPED",
+    "STOPPED_EMPTY",
 ]

@@ -24,9 +24,11 @@ from typing import Any, Callable, List, Optional
 from .blocks import BlockSplitter
 from .sanitize import sanitize_markdown
 
-__all__ = ["Renderer", "STOPPED"]
+__all__ = ["Renderer", "STOPPED", "STOPPED_EMPTY"]
 
-STOPPED = "⏹ stopped — partial reply"
+# U+25A0, not the ⏹ emoji: common UI fonts (and headless Chromium's) lack the emoji.
+STOPPED = "■ stopped — partial reply"
+STOPPED_EMPTY = "■ stopped before any reply arrived"
 
 
 class Renderer:
@@ -109,7 +111,10 @@ class Renderer:
         if self._closed:
             return
         self._final()
-        self.face.error(STOPPED if stopped else "⚠ " + (message or "error"))
+        if stopped:
+            self.face.error(STOPPED if self.chars else STOPPED_EMPTY)
+        else:
+            self.face.error("⚠ " + (message or "error"))
 
     # -- rendering -----------------------------------------------------------
     def _maybe_render(self, now: float) -> None:

@@ -82,7 +82,10 @@ def chat_server():
         yield server
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop marked as
+# running in the main thread while it lives, and later async tests (pytest-asyncio)
+# refuse to start their own loop under it.
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
@@ -232,7 +235,7 @@ def _write_settings(cfg: Path) -> None:
         path.write_text(json.dumps(value))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_notebook(browser, chat_server, tmp_path_factory):
     """``start_notebook(app, cells) -> NotebookPage``: cell 0 is the setup cell (already run),
     ``cells`` follow it. Call ``.close()`` at the end of the module; leftovers end with the session."""
