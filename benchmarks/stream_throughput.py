@@ -172,7 +172,14 @@ def main(argv=None) -> None:
     parser.add_argument("--large-size", type=int, default=32 * 1024, help="characters per large event")
     parser.add_argument("--huge-size", type=int, default=1 << 20, help="characters of the one huge event")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved repetitions (median reported)")
-    asyncio.run(run(parser.parse_args(argv)))
+    parser.add_argument("--no-openai", action="store_true", help="skip the OpenAICompatible table")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args))
+    if not args.no_openai:
+        # The same comparison for the OpenAI-compatible provider (its own module, run here too).
+        import stream_throughput_openai
+
+        stream_throughput_openai.main(["--events", str(args.small), "--repeat", str(args.repeat)])
 
 
 if __name__ == "__main__":
