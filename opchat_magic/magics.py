@@ -236,7 +236,7 @@ class OpchatMagics(Magics):
                 self._pump(chat, renderer)
         except asyncio.CancelledError:
             # A kernel interrupt: stop the stream (closing its connection), keep what arrived.
-            self._stop(chat, renderer)
+            self._stop(chat)
         return self._conclude(args, chat, renderer)
 
     def _run_sync(self, args, thread, text, options):
@@ -250,7 +250,7 @@ class OpchatMagics(Magics):
                 wake.clear()
                 self._pump(chat, renderer)
         except KeyboardInterrupt:
-            self._stop(chat, renderer)
+            self._stop(chat)
         return self._conclude(args, chat, renderer)
 
     @staticmethod
@@ -261,7 +261,7 @@ class OpchatMagics(Magics):
         renderer.tick()
 
     @staticmethod
-    def _stop(chat, renderer) -> None:
+    def _stop(chat) -> None:
         chat.cancel()
         chat.wait_closed(1.0)
 
