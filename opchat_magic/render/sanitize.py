@@ -64,6 +64,8 @@ import html
 import re
 from typing import List, Optional, Tuple
 
+from .blocks import _indent  # one reading of CommonMark indentation for both
+
 __all__ = ["sanitize_markdown", "escape_text"]
 
 _PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -102,18 +104,6 @@ def escape_text(text: str) -> str:
         else:
             out.append(c)
     return "".join(out)
-
-
-def _indent(line: str) -> int:
-    col = 0
-    for ch in line:
-        if ch == " ":
-            col += 1
-        elif ch == "\t":
-            col += 4 - col % 4
-        else:
-            break
-    return col
 
 
 def _blank(line: str) -> bool:
