@@ -240,6 +240,8 @@ def test_traits_come_from_ipython_config(server, tmp_path):
         ex = k.run("%%opchat\nconfigured?")
         assert ex.shows(reply_text(user("configured?")))
         assert "first chunk" not in ex.markdown()  # footer off
-        assert k.value("get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()") \
-            == ["default", "from-config"] or "from-config" in k.value(
-                "get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()")
+        # The cell went to the configured thread, not to "default".
+        threads = k.value("{n: len(get_ipython().magics_manager.registry['OpchatMagics']"
+                          ".conversation.thread(n).messages) for n in "
+                          "get_ipython().magics_manager.registry['OpchatMagics'].conversation.threads()}")
+        assert threads.get("from-config") == 2 and threads.get("default", 0) == 0
