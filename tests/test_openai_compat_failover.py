@@ -222,7 +222,7 @@ async def test_429_retry_after_is_honoured_and_bounded(servers):
     elapsed = time.monotonic() - start
     assert chat_requests(a) == 3
     assert [x.delay for x in stream.reply.attempts] == [0.3, 0.3]
-    assert 0.6 <= elapsed < 2.0
+    assert 0.6 <= elapsed < 5.0  # two 0.3 s waits, not the 0.01 s backoff; loose upper bound for busy CI
 
 
 async def test_429_retry_after_full_value_when_allowed(servers):
@@ -245,7 +245,7 @@ async def test_total_time_is_bounded(closed_url):
     with pytest.raises(EndpointUnreachableError):
         await run(stream)
     elapsed = time.monotonic() - start
-    assert elapsed < 1.5
+    assert elapsed < 4.0  # max_total=0.6 s; unbounded, 50 retries would take ~10 s
     assert 2 <= len(stream.reply.attempts) < 10  # stopped by the time budget, not by the 50 retries
     assert stream.reply.attempts[-1].delay == 0.0  # the last one did not sleep past the budget
 

@@ -431,16 +431,12 @@ def test_streamed_payloads_are_inert_at_every_update(jupyterlab):
 
 
 @pytest.mark.parametrize("pattern", ["](", "]((\"", "[a](`x\" $<b>* ", "$\"$ ", "``a` ", "x`<b>`", "$`<b>`", "- ```\n", "\\"])
+@pytest.mark.timeout(60)  # a guard, not a measurement: ~0.1 s each here; quadratic would be minutes
 def test_adversarial_input_stays_fast(pattern):
-    """The tail is sanitised on every update: no pattern may make it quadratic."""
-    import time
+    """The tail is sanitised on every update: no pattern may make that blow up.
 
-    def cost(n):
-        text = (pattern * (n // len(pattern) + 1))[:n]
-        t = time.perf_counter()
-        sanitize_markdown(text)
-        return time.perf_counter() - t
-
-    small, big = cost(2000), cost(8000)  # 8,000 chars: the largest tail the splitter keeps
-    assert big < 0.5, big
-    assert big < 8 * small + 0.01, (small, big)  # 4x the text: ~4x the time
+    (Safety of these patterns is asserted by the payload tests above; ``<b>``
+    inside a code span rightly stays verbatim.)"""
+    text = (pattern * (32_000 // len(pattern) + 1))[:32_000]  # 4x the largest tail the splitter keeps
+    out = sanitize_markdown(text)
+    assert len(out) >= len(text)  # escaping only ever adds
