@@ -87,9 +87,7 @@ class ChatTurn:
         except Exception as exc:  # every failure becomes a kept, retryable turn
             self._finish_failed(exc, stopped=False)
             raise
-        usage = stream.reply.usage
-        self.thread.commit(self.turn, stream.reply.text,
-                           usage=None if usage is None else usage.__dict__)
+        self.thread.commit(self.turn, stream.reply.text, usage=stream.reply.usage)
         return stream.reply
 
     def _push(self, text: str) -> None:

@@ -7,7 +7,7 @@ wrong (the offending line, the URL that did not answer) and never carry secrets.
 """
 from __future__ import annotations
 
-import aiohttp
+import threading
 
 __all__ = [
     "OpchatError",
@@ -96,28 +96,53 @@ class StoppedError(OpchatError):
         self.partial = partial
 
 
-class HTTPStatusError(aiohttp.ClientResponseError, OpchatError):
-    """An HTTP error status, with the server's message in the text.
-
-    It is an ``aiohttp.ClientResponseError`` (status, message, request_info) as the
-    issue asks, but its ``request_info`` carries no headers: aiohttp's own
-    ClientResponseError keeps the request headers, and so an API key, in its repr.
-    """
-
-    def __init__(self, url: str, status: int, message: str, method: str = "POST"):
-        from multidict import CIMultiDict, CIMultiDictProxy
-        from yarl import URL
-
-        info = aiohttp.RequestInfo(URL(url), method, CIMultiDictProxy(CIMultiDict()), URL(url))
-        super().__init__(info, (), status=status, message=message)
-        self.url = url
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status} from {self.url}: {self.message}"
-
-    def __repr__(self) -> str:
-        return f"HTTPStatusError(status={self.status}, url={self.url!r}, message={self.message!r})"
-
-
 class ThreadBusyError(OpchatError):
     """A turn is already streaming on this thread; one at a time keeps history in order."""
+
+
+# HTTPStatusError subclasses aiohttp's ClientResponseError, and importing aiohttp
+# costs ~0.1 s: too much for `%load_ext`, which only needs the other errors. The
+# class is made on first use (PEP 562), once, under a lock, so every importer
+# gets the same class and isinstance checks hold.
+_http_status_error = None
+_http_status_error_lock = threading.Lock()
+
+
+def _make_http_status_error():
+    import aiohttp
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    class HTTPStatusError(aiohttp.ClientResponseError, OpchatError):
+        """An HTTP error status, with the server's message in the text.
+
+        It is an ``aiohttp.ClientResponseError`` (status, message, request_info) as the
+        issue asks, but its ``request_info`` carries no headers: aiohttp's own
+        ClientResponseError keeps the request headers, and so an API key, in its repr.
+        """
+
+        def __init__(self, url: str, status: int, message: str, method: str = "POST"):
+            info = aiohttp.RequestInfo(URL(url), method, CIMultiDictProxy(CIMultiDict()), URL(url))
+            super().__init__(info, (), status=status, message=message)
+            self.url = url
+
+        def __str__(self) -> str:
+            return f"HTTP {self.status} from {self.url}: {self.message}"
+
+        def __repr__(self) -> str:
+            return f"HTTPStatusError(status={self.status}, url={self.url!r}, message={self.message!r})"
+
+    # Named as if defined at module level, so pickle finds it through __getattr__.
+    HTTPStatusError.__qualname__ = "HTTPStatusError"
+    HTTPStatusError.__module__ = __name__
+    return HTTPStatusError
+
+
+def __getattr__(name: str):
+    global _http_status_error
+    if name == "HTTPStatusError":
+        with _http_status_error_lock:
+            if _http_status_error is None:
+                _http_status_error = _make_http_status_error()
+        return _http_status_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

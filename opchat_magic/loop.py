@@ -3,8 +3,8 @@
 Why a thread of our own: the Jupyter kernel already runs an asyncio loop, and
 running a second stream inside it needs ``nest_asyncio.apply()``, which patches
 the kernel's loop for every library in the process. Streams run here instead;
-the kernel side only waits on ``concurrent.futures.Future`` objects, in short
-slices so an interrupt is seen at once. Only this module touches threads and
+the waiting side only holds ``concurrent.futures.Future`` objects (the magic
+waits on them in short slices, so an interrupt is seen at once). Only this module touches threads and
 event loops.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional, TypeVar
+import time
+from typing import AsyncIterator, Awaitable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -29,12 +30,11 @@ class LoopThread:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._session = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
+            if self._loop is None:
                 ready = threading.Event()
                 loop = asyncio.new_event_loop()
 
@@ -71,9 +71,6 @@ class LoopThread:
         future.finished = finished
         return future
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def run(self, coro: Awaitable[T], timeout: Optional[float] = None) -> T:
         """Run ``coro`` to its end from a plain thread, waking often so Ctrl+C works."""
         if self.in_loop_thread():
@@ -93,44 +90,14 @@ class LoopThread:
                     return
         finally:
             aclose = getattr(agen, "aclose", None)
-            if aclose is not None and not self.loop.is_closed():
+            if aclose is not None:
                 try:
                     self.run(aclose(), timeout=5)
                 except Exception:
                     pass
 
-    async def session(self):
-        """The loop's shared aiohttp session (connection reuse across turns)."""
-        import aiohttp
 
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(trust_env=True)
-        return self._session
-
-    def stop(self) -> None:
-        """Close the shared session and stop the loop (tests, atexit)."""
-        with self._lock:
-            loop, self._loop = self._loop, None
-        if loop is None or loop.is_closed():
-            return
-
-        async def close_session():
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
-
-        try:
-            asyncio.run_coroutine_threadsafe(close_session(), loop).result(5)
-        except Exception:
-            pass
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-        loop.close()
-
-
-def block(future: "concurrent.futures.Future[T]", timeout: Optional[float] = None,
-          on_tick: Optional[Callable[[], None]] = None) -> T:
+def block(future: "concurrent.futures.Future[T]", timeout: Optional[float] = None) -> T:
     """Wait for ``future`` in slices; KeyboardInterrupt cancels it and is re-raised.
 
     Done-ness is asked with ``concurrent.futures.wait``, never inferred from a
@@ -138,40 +105,16 @@ def block(future: "concurrent.futures.Future[T]", timeout: Optional[float] = Non
     stream's own StreamTimeoutError subclasses, so catching it would mistake a
     timed-out stream for one still running.
     """
-    import time
-
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
             done, _ = concurrent.futures.wait([future], timeout=WAIT_SLICE)
             if done:
                 return future.result()
-            if on_tick is not None:
-                on_tick()
             if deadline is not None and time.monotonic() > deadline:
                 future.cancel()
                 raise TimeoutError("timed out waiting for the private loop")
     except KeyboardInterrupt:
-        future.cancel()
-        _wait_cancelled(future)
-        raise
-
-
-async def wait(future: "concurrent.futures.Future[T]", on_tick: Optional[Callable[[], None]] = None) -> T:
-    """Await ``future`` from another loop (the kernel's), in slices.
-
-    A kernel interrupt arrives as CancelledError here; it cancels the stream on
-    the private loop (which closes its connection) before propagating.
-    """
-    wrapped = asyncio.wrap_future(future)
-    try:
-        while True:
-            done, _ = await asyncio.wait({wrapped}, timeout=WAIT_SLICE)
-            if on_tick is not None:
-                on_tick()
-            if done:
-                return wrapped.result()
-    except asyncio.CancelledError:
         future.cancel()
         _wait_cancelled(future)
         raise

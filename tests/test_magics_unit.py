@@ -61,3 +61,24 @@ def test_footer_names_tokens_and_timings():
     r.first_chunk_at = r.started_at + 0.25
     r.finished_at = r.started_at + 1.5
     assert footer_text(r) == "7 tokens · first chunk 0.25 s · 1.50 s · Opchatgpts / gpt-3.5-turbo"
+
+
+def test_load_and_unload_leave_the_shell_as_it_was():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from opchat_magic.magics import _Transformer, load_ipython_extension, unload_ipython_extension
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("config", "OpchatMagics.persist = False")
+    transformers = list(shell.input_transformers_cleanup)
+    load_ipython_extension(shell)
+    load_ipython_extension(shell)  # a second load changes nothing
+    assert sum(isinstance(t, _Transformer) for t in shell.input_transformers_cleanup) == 1
+    assert "opchat" in shell.magics_manager.magics["cell"]
+    assert {"opchat_reset", "opchat_history", "opchat_threads", "opchat_retry", "opchat_panel", "opchat"} <= \
+        set(shell.magics_manager.magics["line"])
+    unload_ipython_extension(shell)
+    assert shell.input_transformers_cleanup == transformers
+    assert "opchat" not in shell.magics_manager.magics["cell"]
+    assert not any(n.startswith("opchat") for n in shell.magics_manager.magics["line"])
+    assert "OpchatMagics" not in shell.magics_manager.registry
