@@ -52,10 +52,6 @@ def test_heading_is_a_block_once_its_line_ends():
     assert sp.tail == "Text"
 
 
-def test_heading_interrupts_paragraph():
-    assert blocks_of("para\n## Head\nmore\n") == ["para\n", "## Head\n", "more\n"]
-
-
 def test_fence_with_blank_lines_is_one_block_until_matching_close():
     doc = "```python\ndef f():\n\n    return 1\n\n```\nafter\n"
     assert blocks_of(doc) == ["```python\ndef f():\n\n    return 1\n\n```\n", "after\n"]
@@ -66,48 +62,42 @@ def test_fence_with_blank_lines_is_one_block_until_matching_close():
     assert sp.take_completed() == ["~~~\na\n\n```\nb\n~~~\n"]
 
 
-def test_nested_looking_fences_close_only_with_a_long_enough_fence():
-    doc = "````md\n```python\nx = 1\n```\n````\ntext\n"
-    assert blocks_of(doc) == ["````md\n```python\nx = 1\n```\n````\n", "text\n"]
-
-
-def test_backtick_line_with_backtick_info_is_not_a_fence():
-    assert blocks_of("``` a ` b\n\nnext\n") == ["``` a ` b\n\n", "next\n"]
-
-
-def test_ordered_list_with_blank_lines_stays_one_block_until_a_paragraph():
-    doc = "1. one\n\n2. two\n   more\n\n3. three\n\nAfter the list.\n"
-    assert blocks_of(doc) == ["1. one\n\n2. two\n   more\n\n3. three\n\n", "After the list.\n"]
-
-
-def test_list_with_fence_inside_item_stays_together():
-    doc = "- step:\n\n  ```bash\n  echo hi\n\n  ```\n- next\n\nend\n"
-    assert blocks_of(doc) == ["- step:\n\n  ```bash\n  echo hi\n\n  ```\n- next\n\n", "end\n"]
-
-
-def test_unindented_fence_ends_a_list():
-    doc = "1. Run:\n```bash\nls\n```\n2. Then\n"
-    assert blocks_of(doc) == ["1. Run:\n", "```bash\nls\n```\n", "2. Then\n"]
-
-
-def test_paragraph_then_list_are_separate_blocks():
-    assert blocks_of("Steps:\n- a\n- b\n") == ["Steps:\n", "- a\n- b\n"]
+# (the whole document, the blocks it splits into)
+SPLITS = {
+    "heading interrupts a paragraph": ("para\n## Head\nmore\n", ["para\n", "## Head\n", "more\n"]),
+    "nested-looking fences close only with a long enough fence": (
+        "````md\n```python\nx = 1\n```\n````\ntext\n",
+        ["````md\n```python\nx = 1\n```\n````\n", "text\n"],
+    ),
+    "backtick line with backtick info is not a fence": ("``` a ` b\n\nnext\n", ["``` a ` b\n\n", "next\n"]),
+    "ordered list with blank lines stays one block until a paragraph": (
+        "1. one\n\n2. two\n   more\n\n3. three\n\nAfter the list.\n",
+        ["1. one\n\n2. two\n   more\n\n3. three\n\n", "After the list.\n"],
+    ),
+    "list with a fence inside an item stays together": (
+        "- step:\n\n  ```bash\n  echo hi\n\n  ```\n- next\n\nend\n",
+        ["- step:\n\n  ```bash\n  echo hi\n\n  ```\n- next\n\n", "end\n"],
+    ),
+    "unindented fence ends a list": (
+        "1. Run:\n```bash\nls\n```\n2. Then\n",
+        ["1. Run:\n", "```bash\nls\n```\n", "2. Then\n"],
+    ),
+    "paragraph then list are separate blocks": ("Steps:\n- a\n- b\n", ["Steps:\n", "- a\n- b\n"]),
     # "2." cannot interrupt a paragraph (CommonMark): stays paragraph text
-    assert blocks_of("Costs\n2. not a list\n") == ["Costs\n2. not a list\n"]
+    "2. does not interrupt a paragraph": ("Costs\n2. not a list\n", ["Costs\n2. not a list\n"]),
+    "setext heading": ("Title\n=====\ntext\n", ["Title\n=====\n", "text\n"]),
+    "thematic break": ("a\n\n---\nb\n", ["a\n\n", "---\n", "b\n"]),
+    "table is one block": (
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nafter\n",
+        ["| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\n", "after\n"],
+    ),
+    "indented code keeps blank lines": ("    a\n\n    b\nc\n", ["    a\n\n    b\n", "c\n"]),
+}
 
 
-def test_setext_heading_and_thematic_break():
-    assert blocks_of("Title\n=====\ntext\n") == ["Title\n=====\n", "text\n"]
-    assert blocks_of("a\n\n---\nb\n") == ["a\n\n", "---\n", "b\n"]
-
-
-def test_table_is_one_block():
-    doc = "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nafter\n"
-    assert blocks_of(doc) == ["| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\n", "after\n"]
-
-
-def test_indented_code_keeps_blank_lines():
-    assert blocks_of("    a\n\n    b\nc\n") == ["    a\n\n    b\n", "c\n"]
+@pytest.mark.parametrize("doc, expected", list(SPLITS.values()), ids=list(SPLITS))
+def test_block_boundaries(doc, expected):
+    assert blocks_of(doc) == expected
 
 
 # -- caps ------------------------------------------------------------------------
@@ -118,6 +108,7 @@ def test_long_paragraph_is_cut_at_a_line_starting_with_a_letter():
     assert "".join(blocks) == doc
     assert all(len(b) <= 500 + 45 for b in blocks)
     assert len(blocks) > 10
+    assert all(b.startswith("Line ") for b in blocks)  # each cut falls before a whole line
 
 
 def test_long_fence_is_cut_into_closed_code_blocks_with_the_same_info():
@@ -146,6 +137,8 @@ def test_long_table_repeats_its_header():
     blocks = blocks_of(doc, max_chars=400)
     assert len(blocks) > 3
     assert all(b.startswith(header) for b in blocks)
+    # every row once, in order: only the header is repeated
+    assert "".join(b[len(header) :] for b in blocks) == doc[len(header) :]
 
 
 def test_long_single_line_is_cut_after_a_space():
@@ -186,10 +179,17 @@ def test_minified_code_line_in_a_fence_is_cut_into_closed_code_blocks():
 def test_tail_stays_bounded_even_for_unclosed_inner_fences():
     sp = BlockSplitter(max_chars=500)
     sp.feed("- item\n  ```\n")
+    blocks = []
     for i in range(2000):
         sp.feed("  code line %d\n" % i)
-        sp.take_completed()
+        blocks += sp.take_completed()
         assert sp.tail_len <= 4 * 500 + 60
+    blocks += sp.close()
+    assert len(blocks) > 10
+    # nothing lost: every code line once, in order, and every cut piece a closed code block
+    code = [l.strip() for b in blocks for l in b.splitlines() if "code line" in l]
+    assert code == ["code line %d" % i for i in range(2000)]
+    assert all(_fence_state(b) is None for b in blocks[:-1])
 
 
 # -- properties ----------------------------------------------------------------

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from opchat_magic.render import BlockSplitter, sanitize_markdown
+from opchat_magic.render import sanitize_markdown
 from opchat_magic.testing.kernel import Kernel, message_bytes
+from test_render_renderer import expected_blocks as _blocks_raw  # the splitter's blocks, unsanitised
 from test_render_renderer import realistic_reply
 
 pytestmark = pytest.mark.kernel
@@ -29,9 +30,8 @@ r.finish("⏱ 1 token · 0.1 s")
 
 
 def expected_blocks(text):
-    sp = BlockSplitter()
-    sp.feed(text)
-    return [sanitize_markdown(b) for b in sp.close() if b.strip()]
+    """The Markdown of each block, as the renderer sends it."""
+    return [sanitize_markdown(b) for b in _blocks_raw(text)]
 
 
 def display_code(reply):
@@ -53,7 +53,7 @@ def test_display_face_sends_each_block_once_and_updates_only_tails(kernel):
     # nothing but displays (no stream, no error; execute_input is the cell's echo)
     assert shown and len(shown) == len(ex.messages) - len(ex.of_type("execute_input"))
     blocks = expected_blocks(reply)
-    assert "".join(blocks) == "".join(b for b in _blocks_raw(reply))  # a safe reply goes out unchanged
+    assert blocks == _blocks_raw(reply)  # a safe reply goes out unchanged
 
     tail_ids = set()
     finals = {}
@@ -78,12 +78,6 @@ def test_display_face_sends_each_block_once_and_updates_only_tails(kernel):
     assert len(tail_ids) > 10
 
 
-def _blocks_raw(text):
-    sp = BlockSplitter()
-    sp.feed(text)
-    return [b for b in sp.close() if b.strip()]
-
-
 def test_display_face_bytes_are_linear_in_the_reply(kernel):
     sizes = {}
     for n in (10_000, 50_000):
@@ -92,7 +86,7 @@ def test_display_face_bytes_are_linear_in_the_reply(kernel):
         shown = ex.of_type("display_data", "update_display_data")
         markdown = sum(len(json.dumps(m["content"]["data"])) for m in shown)
         sizes[n] = (sum(message_bytes(m) for m in shown), markdown, len(shown))
-    (b1, md1, n1), (b5, md5, n5) = sizes[10_000], sizes[50_000]
+    (b1, _md1, _n1), (b5, md5, n5) = sizes[10_000], sizes[50_000]
     growth = b5 / b1
     assert 4 <= growth <= 6, sizes  # 5x the reply: ~5x the bytes on iopub, not ~25x
     # the payload per reply char: tails (~1.5x, the budget) + each block once as

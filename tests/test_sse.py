@@ -287,8 +287,8 @@ def test_limit_applies_when_pending_line_completes():
 
 def test_limit_applies_to_unterminated_last_line_pieces():
     dec = LineDecoder(max_line_bytes=10)
-    dec.decode(b"ok\n12345")
-    with pytest.raises(SSEDecodeError):
+    assert dec.decode(b"ok\n12345") == ["ok"]
+    with pytest.raises(SSEDecodeError, match="max_line_bytes=10"):
         dec.decode(b"678901")
 
 
@@ -466,9 +466,19 @@ async def test_aiter_events_discards_incomplete_event_and_raises_on_truncated_ut
             yield p
 
     assert [e async for e in aiter_events(chunks(b"data: a\n\ndata: b"))] == [ServerSentEvent(data="a")]
-    with pytest.raises(SSEDecodeError):
-        async for _ in aiter_events(chunks(b"data: a\n\ndata: \xe2")):
-            pass
+    got = []
+    with pytest.raises(SSEDecodeError, match="multibyte"):
+        async for event in aiter_events(chunks(b"data: a\n\ndata: \xe2")):
+            got.append(event)
+    assert got == [ServerSentEvent(data="a")]  # the whole event came out before the error
+
+
+def test_iter_events_raises_on_truncated_utf8_at_the_end():
+    got = []
+    with pytest.raises(SSEDecodeError, match="multibyte"):
+        for event in iter_events([b"data: a\n\ndata: \xe2"]):
+            got.append(event)
+    assert got == [ServerSentEvent(data="a")]
 
 
 # --------------------------------------------------------------------------- properties

@@ -59,24 +59,32 @@ def _indent(line: str) -> int:
     return col
 
 
+def _span_not_fence(m) -> bool:
+    """A fence-like match (run in group 2, info in 3) whose backtick run has a
+    backtick in its info string: an inline code span, not a fence (CommonMark)."""
+    return m.group(2)[0] == "`" and "`" in m.group(3)
+
+
 def _fence_open(line: str):
     """(indent, char, length) if ``line`` opens a fenced code block."""
     m = _FENCE.match(line)
-    if not m:
+    if not m or _span_not_fence(m):
         return None
-    run, info = m.group(2), m.group(3)
-    if run[0] == "`" and "`" in info:
-        return None  # an inline code span, not a fence
+    run = m.group(2)
     return len(m.group(1)), run[0], len(run)
 
 
-def _fence_closes(line: str, ch: str, n: int) -> bool:
-    s = line.rstrip("\n")
-    body = s.lstrip(" ")
-    if len(s) - len(body) > 3:
-        return False
+def _closes_run(body: str, ch: str, n: int) -> bool:
+    """``body`` (indent already removed) is a run of at least ``n`` ``ch``, then blanks."""
     run = len(body) - len(body.lstrip(ch))
     return run >= n and not body[run:].strip(" \t")
+
+
+def _fence_closes(line: str, ch: str, n: int) -> bool:
+    """CommonMark: ``line`` closes a fence of ``n`` ``ch`` (indent 0-3 spaces)."""
+    s = line.rstrip("\n")
+    body = s.lstrip(" ")
+    return len(s) - len(body) <= 3 and _closes_run(body, ch, n)
 
 
 def _long_cut(s: str, cap: int) -> int:
@@ -129,7 +137,6 @@ class BlockSplitter:
         self._fence: Optional[tuple] = None  # (indent, char, length)
         self._fence_line = ""
         self._fence_n = 0
-        self._fence_chars = 0
         # list state
         self._list_blank = False
         self._inner: Optional[tuple] = None  # a fence inside a list item: (char, length)
@@ -208,24 +215,17 @@ class BlockSplitter:
             self._append(line)
             if self._kind == "fence":
                 self._fence_n += 1
-                self._fence_chars += len(line)
             return
         if self._olen > self.hard_cap and self._kind is not None:
             self._cut_here()
-        getattr(self, "_line_" + (self._kind or "none"))(line)
+        _LINE[self._kind](self, line)
 
     def _long_piece(self, piece: str) -> None:
         """A line too long to wait for: emit the open block up to ``piece``."""
         if self._kind == "fence":
-            indent, ch, n = self._fence
-            close = " " * indent + ch * n + "\n"
             self._append(piece + "\n")
-            self._append(close)
-            self._emit()
-            self._kind, self._fence = "fence", (indent, ch, n)
-            self._append(self._fence_line)
-            self._fence_n = self._fence_chars = 0
-            self.synthetic += 3  # newline, close, reopen
+            self.synthetic += 1  # the newline; close and reopen count below
+            self._reopen_fence()
         else:
             self._append(piece)
             self._emit()
@@ -249,23 +249,33 @@ class BlockSplitter:
         self._inner = None
         self._header = []
 
+    def _reopen_fence(self) -> None:
+        """Cap a fence: the emitted piece gets a closing fence, the tail reopens it."""
+        fence = self._fence
+        indent, ch, n = fence
+        self._append(" " * indent + ch * n + "\n")
+        self._emit()
+        self._kind, self._fence = "fence", fence
+        self._append(self._fence_line)
+        self._fence_n = 0
+        self.synthetic += 2
+
+    def _reopen_table(self) -> None:
+        """Cap a table: emit it; the tail repeats its header rows."""
+        header = self._header
+        self._emit()
+        self._kind, self._header = "table", header
+        for h in header:
+            self._append(h)
+        self.synthetic += len(header)
+
     def _cut_here(self) -> None:
         """Hard cap: cut the open block at this line boundary, whatever it is."""
-        kind, fence, header = self._kind, self._fence, self._header
+        kind = self._kind
         if kind == "fence":
-            indent, ch, n = fence
-            self._append(" " * indent + ch * n + "\n")
-            self._emit()
-            self._kind, self._fence = "fence", fence
-            self._append(self._fence_line)
-            self._fence_n = self._fence_chars = 0
-            self.synthetic += 2
+            self._reopen_fence()
         elif kind == "table":
-            self._emit()
-            self._kind, self._header = "table", header
-            for h in header:
-                self._append(h)
-            self.synthetic += len(header)
+            self._reopen_table()
         elif kind == "list" and self._inner is not None:
             self._split_inner()
         else:
@@ -287,7 +297,7 @@ class BlockSplitter:
         self._kind, self._fence = "fence", (indent, ch, n)
         self._fence_line = " " * indent + opener.lstrip(" \t")
         self._append(self._fence_line)
-        self._fence_n = self._fence_chars = 0
+        self._fence_n = 0
         self.synthetic += 2
 
     def _start(self, line: str) -> None:
@@ -295,7 +305,7 @@ class BlockSplitter:
         fence = _fence_open(line)
         if fence:
             self._kind, self._fence, self._fence_line = "fence", fence, line
-            self._fence_n = self._fence_chars = 0
+            self._fence_n = 0
             self._append(line)
         elif _HEADING.match(line) or _THEMATIC.match(line):
             self._append(line)
@@ -360,12 +370,7 @@ class BlockSplitter:
             self._start(line)
         else:
             if self._olen >= self.max_chars:
-                header = self._header
-                self._emit()
-                self._kind, self._header = "table", header
-                for h in header:
-                    self._append(h)
-                self.synthetic += len(header)
+                self._reopen_table()
             self._append(line)
 
     def _line_indent(self, line: str) -> None:
@@ -376,28 +381,21 @@ class BlockSplitter:
             self._start(line)
 
     def _line_fence(self, line: str) -> None:
-        indent, ch, n = self._fence
+        _, ch, n = self._fence
         if _fence_closes(line, ch, n):
             self._append(line)
             self._emit()
             return
-        if self._fence_n >= self.max_fence_lines or self._fence_chars >= self.hard_cap:
-            self._append(" " * indent + ch * n + "\n")
-            self._emit()
-            self._kind, self._fence = "fence", (indent, ch, n)
-            self._append(self._fence_line)
-            self._fence_n = self._fence_chars = 0
-            self.synthetic += 2
+        # (the character cap of a fence is the hard cap in _complete_line)
+        if self._fence_n >= self.max_fence_lines:
+            self._reopen_fence()
         self._append(line)
         self._fence_n += 1
-        self._fence_chars += len(line)
 
     def _line_list(self, line: str) -> None:
         if self._inner is not None:  # inside a fence within a list item
             ch, n = self._inner
-            body = line.lstrip(" \t").rstrip("\n")
-            run = len(body) - len(body.lstrip(ch))
-            if run >= n and not body[run:].strip(" \t"):
+            if _closes_run(line.lstrip(" \t").rstrip("\n"), ch, n):  # at any indent
                 self._append(line)
                 self._inner = None
                 return
@@ -413,12 +411,8 @@ class BlockSplitter:
             self._list_blank = True
             return
         ind = _indent(line)
-        fence = _fence_open(line) if ind < 4 else None
-        if fence is None and ind >= 2:
-            body = line.lstrip(" \t")
-            m = _FENCE.match(body)
-            if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
-                fence = (ind, m.group(2)[0], len(m.group(2)))
+        # an indent under 4 is spaces only, which _FENCE allows: strip it either way
+        fence = _fence_open(line.lstrip(" \t"))
         if fence and ind >= 2:
             self._inner = (fence[1], fence[2])
             self._inner_line, self._inner_n = line, 0
@@ -446,3 +440,13 @@ class BlockSplitter:
             self._start(line)
             return
         self._append(line)  # lazy continuation of the item's paragraph
+
+
+_LINE = {
+    None: BlockSplitter._line_none,
+    "para": BlockSplitter._line_para,
+    "list": BlockSplitter._line_list,
+    "fence": BlockSplitter._line_fence,
+    "indent": BlockSplitter._line_indent,
+    "table": BlockSplitter._line_table,
+}  # the line handler of each kind of open block

@@ -64,7 +64,8 @@ import html
 import re
 from typing import List, Optional, Tuple
 
-from .blocks import _indent  # one reading of CommonMark indentation for both
+# one reading of CommonMark fences and indentation for both modules
+from .blocks import _FENCE, _closes_run, _fence_closes, _indent, _span_not_fence
 
 __all__ = ["sanitize_markdown", "escape_text"]
 
@@ -79,7 +80,6 @@ _SAFE_AUTOLINK = re.compile(
 # A line that some parser may read as a fence: container markers or any
 # indentation, then a run of 3+ backticks or tildes.
 _FENCEISH = re.compile(r"((?:[ \t]*(?:[-+*]|\d{1,9}[.)])(?=[ \t])|[ \t]*>)*[ \t]*)(`{3,}|~{3,})(.*)")
-_OPENER = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
 _INFO_BAD = re.compile(r"[^A-Za-z0-9_+#.\- ]")
 _LINK_DEST = re.compile(r"\]\(|\]:")
 _ENTITY = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};?)")
@@ -147,18 +147,14 @@ def _dangerous_url(s: str, i: int, n: int) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# the plan: which '<' may stay raw, what to edit
+# the plan: what to edit, and where the code is
 class _Plan:
-    __slots__ = ("edits", "allowed", "code", "fences")
+    __slots__ = ("edits", "code", "fences")
 
     def __init__(self) -> None:
         self.edits: List[Tuple[int, int, str]] = []  # (pos, length removed, inserted)
-        self.allowed: List[Tuple[int, int]] = []  # raw '<' may stay here
         self.code: List[Tuple[int, int]] = []  # literal code (fences, spans, indented)
         self.fences: List[Tuple[int, int, str]] = []  # fenced content + language
-
-    def is_allowed(self, pos: int) -> bool:
-        return _inside(self.allowed, pos)
 
 
 def _inside(ranges: List[Tuple[int, int]], pos: int) -> bool:
@@ -178,16 +174,13 @@ def _lines(text: str):
         pos = nl + 1
 
 
-def _strict_close(line: str, ch: str, n: int) -> bool:
-    body = line.lstrip(" ")
-    if len(line) - len(body) > 3:
-        return False
-    run = len(body) - len(body.lstrip(ch))
-    return run >= n and not body[run:].strip(" \t")
-
-
 def _loose_close(line: str, opener: str) -> bool:
-    """marked: `` {0,3}<opener>[~`]* *$``."""
+    """marked: `` {0,3}<opener>[~`]* *$``.
+
+    Deliberately not CommonMark's rule (``blocks._fence_closes``): marked
+    accepts mixed ``~``/backtick tails and no trailing tab; where the two
+    disagree the rest of the text is tainted.
+    """
     body = line.lstrip(" ")
     if len(line) - len(body) > 3 or not body.startswith(opener):
         return False
@@ -198,8 +191,7 @@ def _loose_close(line: str, opener: str) -> bool:
 def _closeish(line: str, ch: str, n: int, opener: str) -> bool:
     """Could this line close the fence in some container, at any indentation?"""
     body = line.lstrip(" \t")
-    run = len(body) - len(body.lstrip(ch))
-    if run >= n and not body[run:].strip(" \t"):
+    if _closes_run(body, ch, n):
         return True
     return body.startswith(opener) and not body[len(opener) :].lstrip("~`").strip(" ")
 
@@ -231,7 +223,6 @@ def _plan(text: str) -> _Plan:
         line = text[a:b]
         if mode == "indent":
             if _blank(line) or _indent(line) >= 4:
-                plan.allowed.append((a, b))
                 plan.code.append((a, b))
                 continue
             mode = "text"
@@ -240,7 +231,7 @@ def _plan(text: str) -> _Plan:
             done = False
             if _blank(line):
                 continue
-            strict = _strict_close(line, ch, n)
+            strict = _fence_closes(line, ch, n)
             loose = _loose_close(line, run)
             spaces = len(line) - len(line.lstrip(" "))
             if strict and loose and spaces >= k:
@@ -251,7 +242,6 @@ def _plan(text: str) -> _Plan:
                 tainted = True
             if done or tainted:
                 if cstart < a:
-                    plan.allowed.append((cstart, a))
                     plan.code.append((cstart, a))
                     plan.fences.append((cstart, a, lang))
                 mode = "text"
@@ -266,15 +256,14 @@ def _plan(text: str) -> _Plan:
             leading = False
             if _indent(line) >= 4 and not _FENCEISH.match(line):
                 mode = "indent"
-                plan.allowed.append((a, b))
                 plan.code.append((a, b))
                 continue
         if _blank(line):
             flush()
             continue
         if not tainted:
-            m = _OPENER.match(line)
-            if m and not (m.group(2)[0] == "`" and "`" in m.group(3)):
+            m = _FENCE.match(line)
+            if m and not _span_not_fence(m):
                 if refdef or bracket:
                     # marked reads link definitions on the raw text: a label
                     # or title opened above may run through this fence line
@@ -288,7 +277,7 @@ def _plan(text: str) -> _Plan:
                     continue
             else:
                 f = _FENCEISH.match(line)
-                if f and not (f.group(2)[0] == "`" and "`" in f.group(3)):
+                if f and not _span_not_fence(f):
                     tainted = True
             if "]:" in line:
                 refdef = True
@@ -298,11 +287,9 @@ def _plan(text: str) -> _Plan:
     if mode == "fence":
         cstart = fence[5]
         if cstart < len(text):
-            plan.allowed.append((cstart, len(text)))
             plan.code.append((cstart, len(text)))
             plan.fences.append((cstart, len(text), fence[4]))
     flush()
-    plan.allowed.sort()
     plan.code.sort()
     plan.edits.sort(key=lambda e: (e[0], e[1]))
     return plan
@@ -395,9 +382,7 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
                 # table cell...), shifting how every later backtick pairs up
                 unsure = True
             plan.code.append((j, close))
-            if raw_ok:
-                plan.allowed.append((j, close))
-            else:
+            if not raw_ok:
                 for m in _TAGLIKE.finditer(content):
                     edits.append((j + m.start(), 1, "&lt;"))
             i = close + n
@@ -405,7 +390,6 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
         if c == "<":
             m = _SAFE_AUTOLINK.match(s, i, b)
             if m:
-                plan.allowed.append((i, i + 1))
                 i = m.end()
                 continue
             if i + 1 < b and (s[i + 1].isascii() and s[i + 1].isalpha() or s[i + 1] in "/!?"):
@@ -418,7 +402,7 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
     if last != -1:
         k = s.find('"', img, last)
         while k != -1:
-            if k > a and s[k - 1] == "\\" and _escaped(s, a, k - 1) is False:
+            if k > a and s[k - 1] == "\\" and not _escaped(s, a, k - 1):
                 edits.append((k - 1, 2, "&quot;"))
             else:
                 edits.append((k, 1, "&quot;"))
@@ -442,10 +426,7 @@ def _next_unescaped(s: str, ch: str, k: int, b: int) -> int:
         k = s.find(ch, k, b)
         if k == -1:
             return b
-        n = 0
-        while k - 1 - n >= 0 and s[k - 1 - n] == "\\":
-            n += 1
-        if n % 2 == 0:
+        if not _escaped(s, 0, k):
             return k
         k += 1
 
@@ -541,7 +522,7 @@ def _clean_info(text: str) -> str:
         line = text[a:b]
         m = _FENCEISH.match(line)
         if m and m.group(3):
-            if m.group(2)[0] == "`" and "`" in m.group(3):
+            if _span_not_fence(m):
                 # not a fence (inline code), unless JupyterLab's math pass
                 # removes those backticks: then no '"' may reach class="..."
                 line = line[: m.end(2)] + m.group(3).replace('"', "")

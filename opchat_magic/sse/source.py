@@ -1,7 +1,7 @@
 """Byte chunks to events: the line and event decoders chained over a stream."""
 from __future__ import annotations
 
-from typing import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, List, Tuple
 
 from .events import EventDecoder
 from .lines import DEFAULT_MAX_LINE_BYTES, LineDecoder
@@ -10,11 +10,24 @@ from .models import ServerSentEvent
 __all__ = ["aiter_events", "iter_events"]
 
 # End of stream, per the spec: "If the file ends in the middle of an event,
-# before the final empty line, the incomplete event is not dispatched." So a
-# last unterminated line is flushed through the event decoder (an ``id`` or
-# ``retry`` in it still counts) but an event without its blank line is dropped.
+# before the final empty line, the incomplete event is not dispatched." So an
+# event without its blank line is dropped. (A last unterminated line could only
+# set ``id``/``retry`` on the connection, which ends here with the decoder: only
+# the flush's check for a multibyte character cut by the end is left to do.)
 # A server that closes right after "data: {...}\n" therefore loses that event;
 # callers that need a terminal event should treat its absence as truncation.
+
+
+def _chain(max_line_bytes: int) -> Tuple[Callable[[bytes], List[ServerSentEvent]], Callable[[], object]]:
+    """(the events one chunk completes, the end-of-stream check): shared by both iterators."""
+    lines = LineDecoder(max_line_bytes)
+    decode_lines = lines.decode
+    decode_event = EventDecoder().decode
+
+    def events_of(chunk: bytes) -> List[ServerSentEvent]:
+        return [event for event in map(decode_event, decode_lines(chunk)) if event is not None]
+
+    return events_of, lines.flush
 
 
 async def aiter_events(
@@ -25,29 +38,16 @@ async def aiter_events(
     Raises :class:`~opchat_magic.errors.SSEDecodeError` on invalid UTF-8 or a line
     over ``max_line_bytes``. An incomplete event at end of stream is discarded.
     """
-    lines = LineDecoder(max_line_bytes)
-    events = EventDecoder()
-    decode_lines = lines.decode
-    decode_event = events.decode
+    events_of, end = _chain(max_line_bytes)
     async for chunk in chunks:
-        for line in decode_lines(chunk):
-            event = decode_event(line)
-            if event is not None:
-                yield event
-    for line in lines.flush():
-        decode_event(line)
+        for event in events_of(chunk):
+            yield event
+    end()
 
 
 def iter_events(chunks: Iterable[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[ServerSentEvent]:
     """Synchronous twin of :func:`aiter_events`, for tests and tools."""
-    lines = LineDecoder(max_line_bytes)
-    events = EventDecoder()
-    decode_lines = lines.decode
-    decode_event = events.decode
+    events_of, end = _chain(max_line_bytes)
     for chunk in chunks:
-        for line in decode_lines(chunk):
-            event = decode_event(line)
-            if event is not None:
-                yield event
-    for line in lines.flush():
-        decode_event(line)
+        yield from events_of(chunk)
+    end()
