@@ -23,6 +23,7 @@ wall clock of this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from opchat_magic.server import LocalServer, split_chunks
 from opchat_magic.server.replies import compose
-from opchat_magic.testing.browser import NotebookPage, chromium, jupyter, missing, setup_cell, write_notebook
+from opchat_magic.testing.browser import chromium, missing, open_notebook
 
 MESSAGE = "hello [[chunks:50]]"
 
@@ -104,11 +105,9 @@ def main(argv=None) -> int:
         root, cfg = Path(tmp, "root"), Path(tmp, "cfg")
         root.mkdir()
         cfg.mkdir()
-        write_notebook(root, [setup_cell(server.url)] + cells)
         probe = first_text(server.config.chunk_size)
-        with jupyter(args.app, root, cfg) as base, chromium(Path(tmp, "chrome"), Path(tmp, "home")) as ctx:
-            nb = NotebookPage(ctx.new_page(), base, args.app, root, cfg / "server.log").open()
-            nb.run(0)
+        with chromium(Path(tmp, "chrome"), Path(tmp, "home")) as ctx, contextlib.ExitStack() as stack:
+            nb = open_notebook(stack, ctx, args.app, root, cfg, server.url, cells)
             agent = nb.page.evaluate("navigator.userAgent")
             for i in range(1, args.runs + 1):
                 key = f"run{i}"

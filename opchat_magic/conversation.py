@@ -142,12 +142,22 @@ class Thread:
         self._pending: Optional[Turn] = None
         self._failed: Optional[Turn] = None
         self._failed_at = 0  # how many committed turns preceded the failed one
+        self._version = 0  # bumped by every change to history or the failed turn
 
     # -- views -------------------------------------------------------------
     @property
     def messages(self) -> List[Message]:
         """The committed history, user and assistant alternating. A fresh list each time."""
         return [m for t in self._history for m in (Message("user", t.user), Message("assistant", t.reply))]
+
+    @property
+    def version(self) -> int:
+        """A counter that changes whenever ``messages``, ``turns`` or ``last_failed`` may have.
+
+        Bumped by commit, fail, reset and restore (not by ``begin``: see ``pending``). A
+        cheap "anything new?" check for watchers, instead of comparing ``messages``.
+        """
+        return self._version
 
     @property
     def pending(self) -> Optional[Turn]:
@@ -248,6 +258,7 @@ class Thread:
             # interrupt can land and leave the thread busy forever.
             self._history, self._failed, self._pending = (
                 self._history + [dataclasses.replace(turn)], None if answers_failed else failed, None)
+            self._version += 1
             self._save("append_turn", Message("user", turn.user), Message("assistant", turn.reply),
                        _turn_meta(turn), clear_failed=answers_failed)
             return True
@@ -266,6 +277,7 @@ class Thread:
             turn.finished_at = time.time()
             kept = dataclasses.replace(turn)
             self._failed, self._failed_at, self._pending = kept, len(self._history), None
+            self._version += 1
             self._save("record_failed", kept)
             return True
 
@@ -289,6 +301,7 @@ class Thread:
         """
         with self._lock:
             self._history, self._failed, self._failed_at = [], None, 0
+            self._version += 1
             self._save("reset")
 
     def _owns(self, turn: Turn) -> bool:
@@ -306,10 +319,7 @@ class Thread:
         if store is None:
             return
         try:
-            if what == "reset":
-                store.reset(self._key, self.name)
-            else:
-                getattr(store, what)(self._key, self.name, *args, **kwargs)
+            getattr(store, what)(self._key, self.name, *args, **kwargs)
         except Exception as exc:  # the session's history is intact; say the saved copy is not
             warnings.warn(f"opchat-magic could not save thread {self.name!r} to "
                           f"{getattr(store, 'path', 'the history database')}: {exc}",
@@ -321,6 +331,7 @@ class Thread:
             if failed is not None:
                 self._failed = Turn.from_dict({**failed, "thread": self.name})
                 self._failed_at = int(failed.get("position") or 0)
+            self._version += 1
 
     # -- export ------------------------------------------------------------
     def to_markdown(self) -> str:

@@ -133,8 +133,14 @@ def _default_magics():
     return registry["OpchatMagics"]
 
 
-def _markdown_output(text: str) -> dict:
-    return {"output_type": "display_data", "data": {"text/markdown": text, "text/plain": text}, "metadata": {}}
+def _markdown_widget(text: str):
+    """An Output widget showing ``text`` (already sanitised) as Markdown."""
+    import ipywidgets as w
+
+    out = w.Output(layout=w.Layout(width="100%"))
+    out.outputs = ({"output_type": "display_data", "data": {"text/markdown": text, "text/plain": text},
+                    "metadata": {}},)
+    return out
 
 
 def _close_tree(widget) -> None:
@@ -368,10 +374,8 @@ class ChatPanel:
                 face = WidgetFace()
                 renderer = Renderer(face, interval=self.interval)
                 user = self._message_widget("user", chat.turn.user)
-                answer = w.VBox([self._role("Assistant"), face.widget], layout=w.Layout(width="100%"))
-                answer.add_class("opchat-msg")
-                answer.add_class("opchat-msg-assistant")
-                turn_box = w.VBox([user, answer], layout=w.Layout(width="100%"))
+                turn_box = w.VBox([user, self._message_box("assistant", face.widget)],
+                                  layout=w.Layout(width="100%"))
                 self._live.children = (turn_box,)
                 self.chat, self._renderer = chat, renderer
                 if from_input:
@@ -396,11 +400,10 @@ class ChatPanel:
         try:
             status_due = 0.0
             while not chat.done:
-                waiter = asyncio.ensure_future(wake.wait())
                 try:
-                    await asyncio.wait({waiter}, timeout=self.interval)
-                finally:
-                    waiter.cancel()
+                    await asyncio.wait_for(wake.wait(), self.interval)
+                except asyncio.TimeoutError:
+                    pass
                 wake.clear()
                 text = chat.drain()
                 if text:
@@ -473,11 +476,10 @@ class ChatPanel:
 
     # -- watching the thread for changes made elsewhere --------------------------
     def _signature(self):
+        """What the transcript was built from: O(1) in the thread's length (``Thread.version``)."""
         thread = self.thread
         pending = thread.pending
-        failed = thread.last_failed
-        return (thread.name, len(thread.messages), pending.id if pending is not None else None,
-                (failed.id, failed.status) if failed is not None else None,
+        return (thread.name, thread.version, pending.id if pending is not None else None,
                 tuple(self.conversation.threads()))
 
     def _start_watch(self) -> None:
@@ -598,34 +600,28 @@ class ChatPanel:
         else:
             error = (turn.error or "unknown error").replace("\n", " ")
             body += f"\n\n*✗ Failed: {escape_text(error)}. Not part of the history; Retry sends it again.*"
-        out = w.Output(layout=w.Layout(width="100%"))
-        out.outputs = (_markdown_output(body.strip()),)
-        answer = w.VBox([self._role("Assistant"), out], layout=w.Layout(width="100%"))
-        answer.add_class("opchat-msg")
-        answer.add_class("opchat-msg-assistant")
-        return w.VBox([user, answer], layout=w.Layout(width="100%"))
+        return w.VBox([user, self._message_box("assistant", _markdown_widget(body.strip()))],
+                      layout=w.Layout(width="100%"))
 
     def _message_widget(self, role: str, text: str):
-        import ipywidgets as w
-
         from .render import sanitize_markdown
 
         shown = sanitize_markdown(text)
         if role == "user":  # what the user typed on separate lines stays on separate lines
             shown = _HARD_BREAK.sub("  \n", shown)
-        out = w.Output(layout=w.Layout(width="100%"))
-        out.outputs = (_markdown_output(shown),)
-        box = w.VBox([self._role("You" if role == "user" else "Assistant"), out], layout=w.Layout(width="100%"))
+        return self._message_box(role, _markdown_widget(shown))
+
+    @staticmethod
+    def _message_box(role: str, body):
+        """One message: its role label ("You" / "Assistant") over ``body``, styled by role."""
+        import ipywidgets as w
+
+        name = "You" if role == "user" else "Assistant"
+        label = w.HTML(f"<span class='opchat-role'>{html.escape(name)}</span>")
+        box = w.VBox([label, body], layout=w.Layout(width="100%"))
         box.add_class("opchat-msg")
         box.add_class(f"opchat-msg-{role}")
         return box
-
-    @staticmethod
-    def _role(name: str):
-        import ipywidgets as w
-
-        label = w.HTML(f"<span class='opchat-role'>{html.escape(name)}</span>")
-        return label
 
     def transcript_markdown(self) -> str:
         """The Markdown (and status text) the transcript shows now, in order: for tests and export."""
@@ -738,15 +734,18 @@ class ChatPanel:
 
 
 def _turn_footer(turn) -> str:
-    parts = []
-    usage = turn.usage or {}
-    if isinstance(usage, dict) and usage.get("total_tokens") is not None:
-        parts.append(f"{usage['total_tokens']} tokens")
-    if turn.finished_at and turn.started_at:
-        parts.append(f"{turn.finished_at - turn.started_at:.2f} s")
-    if turn.provider:
-        parts.append(turn.provider + (f" / {turn.model}" if turn.model else ""))
-    return " · ".join(parts)
+    """A committed turn's footer, in the live reply's format (``magics.footer_text``).
+
+    A stored Turn keeps its usage as a dict and no first-chunk time: the
+    reply-shaped view passed on has only what the Turn knows.
+    """
+    from .magics import footer_text
+
+    usage = turn.usage if isinstance(turn.usage, dict) else {}
+    took = turn.finished_at - turn.started_at if turn.finished_at and turn.started_at else None
+    return footer_text(SimpleNamespace(usage=SimpleNamespace(total_tokens=usage.get("total_tokens")),
+                                       time_to_first_chunk=None, total_time=took,
+                                       provider=turn.provider, model=turn.model))
 
 
 def _strip_tags(text: str) -> str:

@@ -314,12 +314,14 @@ class Store:
         assistant row of the same turn) are skipped; transactions should make
         them impossible, so this is only a guard against a hand-edited file.
         """
-        rows = self._read("SELECT thread, role, content, turn_id, meta, created FROM messages"
+        rows = self._read("SELECT thread, role, content, turn_id, meta, created, id FROM messages"
                           " WHERE key=? ORDER BY thread, seq", (key,))
-        order = self._read("SELECT thread FROM messages WHERE key=? GROUP BY thread ORDER BY MIN(id)", (key,))
-        turns: Dict[str, List[dict]] = {name: [] for (name,) in order}
+        first: Dict[str, int] = {}  # each thread's oldest row id: threads come back in the order begun
+        for row in rows:
+            first[row[0]] = min(first.get(row[0], row[6]), row[6])
+        turns: Dict[str, List[dict]] = {name: [] for name in sorted(first, key=first.__getitem__)}
         waiting: Optional[tuple] = None
-        for thread, role, content, turn_id, meta, created in rows:
+        for thread, role, content, turn_id, meta, created, _ in rows:
             if role == "user":
                 waiting = (thread, content, turn_id, created)
             elif role == "assistant" and waiting and waiting[0] == thread and waiting[2] == turn_id:

@@ -228,6 +228,29 @@ def test_negative_limits_are_refused():
     turn = thread.begin("q")
     with pytest.raises(ValueError, match="max_messages"):
         thread.request_messages(turn, max_messages=-1)
+    with pytest.raises(ValueError, match="max_chars"):
+        thread.request_messages(turn, max_chars=-1)
+
+
+def test_version_changes_with_every_change_a_watcher_must_see():
+    thread = Thread("t")
+    seen = [thread.version]
+
+    def changed():
+        seen.append(thread.version)
+        return seen[-1] != seen[-2]
+
+    turn = thread.begin("q1")
+    assert not changed()  # a turn in flight is ``pending``'s business
+    thread.commit(turn, "a1")
+    assert changed()
+    assert thread.commit(turn, "again") is False and not changed()  # a lost race changes nothing
+    thread.fail(thread.begin("q2"), "boom")
+    assert changed()
+    thread.commit(thread.retry(), "a2")  # answers the failed turn: history and last_failed change
+    assert changed()
+    thread.reset()
+    assert changed()
 
 
 text_st = st.text(alphabet="abc ", min_size=0, max_size=12)

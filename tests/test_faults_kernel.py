@@ -32,8 +32,6 @@ kernel_test = pytest.mark.kernel
 CHUNK = 5
 
 
-
-
 def squash(text: str) -> str:
     """Whitespace-insensitive form: the renderer shows a reply as several Markdown blocks."""
     return " ".join(text.split())
@@ -185,8 +183,8 @@ def test_server_killed_mid_stream_then_restarted(kernel, process_server):
     process_server.start()
     after = kernel.run("%%opchat\nafter the restart", timeout=30)
     assert appears(reply_text(user("before the crash", "after the restart")), after)
-    assert kernel.value("[m.content.strip() for m in get_ipython().magics_manager.registry['OpchatMagics']"
-                        ".conversation.thread().messages][::2]") == ["before the crash", "after the restart"]
+    asked = [m.strip() for m in _thread_state(kernel)["messages"][::2]]
+    assert asked == ["before the crash", "after the restart"]
 
 
 # --------------------------------------------------------------------------- slow servers
@@ -223,7 +221,7 @@ def test_slow_trickle_within_limits(kernel, server):
     assert ex.status == "ok"
     assert took > 10, f"{took:.1f} s: the trickle was not slow"  # >> read_timeout, and it still completed
     assert appears(text_of_length(2), ex)
-    assert kernel.value("len(get_ipython().magics_manager.registry['OpchatMagics'].conversation.thread().messages)") == 2
+    assert len(_thread_state(kernel)["messages"]) == 2
 
 
 # --------------------------------------------------------------------------- interrupts

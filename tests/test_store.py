@@ -50,6 +50,13 @@ def test_round_trip(store):
     assert store.threads("nb") == ["default", "work"]
 
 
+def test_threads_load_in_the_order_they_began(store):
+    for thread in ("zeta", "alpha", "zeta", "mid"):
+        store.append_turn("nb", thread, *pair(0, thread))
+    assert list(store.load_turns("nb")) == ["zeta", "alpha", "mid"]
+    assert [len(t) for t in store.load_turns("nb").values()] == [2, 1, 1]
+
+
 def test_history_survives_a_new_store(tmp_path):
     path = tmp_path / "h.db"
     first = Store(path)

@@ -12,10 +12,12 @@ Used by the browser test fixtures (``tests/browser/conftest.py``) and by
   race (the execution indicator reads "idle" before the kernel connects, and
   Shift+Enter is then silently lost), settled by asking the server.
 * :class:`NotebookPage`: a notebook open in a page; run its cells, read outputs.
+* :func:`open_notebook`: all of the above for one generated notebook whose first
+  cell points the extension at a chat server:
 
-    with jupyter("lab", root, cfg) as base, chromium() as ctx:
-        nb = NotebookPage(ctx.new_page(), base, "lab", root, cfg / "server.log").open()
-        nb.run(0)
+    with chromium() as ctx, contextlib.ExitStack() as stack:
+        nb = open_notebook(stack, ctx, "lab", root, cfg, server.url, ["%%opchat\nhello"])
+        nb.run(1)
 
 Never ``playwright install``: the browser is Debian's ``/usr/bin/chromium``.
 """
@@ -38,7 +40,7 @@ from . import free_port
 __all__ = [
     "CHROMIUM", "CHROME_ARGS", "NOTEBOOK", "missing", "get_json", "setup_cell", "write_notebook",
     "write_settings", "jupyter_env", "jupyter", "chromium", "wait_kernel_connected",
-    "wait_kernel_idle", "stop_process", "NotebookPage",
+    "wait_kernel_idle", "stop_process", "NotebookPage", "open_notebook",
 ]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -284,3 +286,26 @@ class NotebookPage:
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
+
+
+def open_notebook(stack: contextlib.ExitStack, ctx, app: str, root: Path, cfg: Path, url: str,
+                  cells: List[str], timeout: float = 60) -> NotebookPage:
+    """Write ``root/NOTEBOOK`` (:func:`setup_cell` for the chat server at ``url``, then
+    ``cells``), run ``jupyter app`` over it and open it in a new page of ``ctx``: kernel
+    connected, setup cell run. ``stack`` closes the page, then stops the server; so does
+    the returned page's ``close()``."""
+    write_notebook(root, [setup_cell(url)] + list(cells))
+    base = stack.enter_context(jupyter(app, root, cfg, timeout=timeout))  # stopped last
+    page = ctx.new_page()
+    stack.callback(_close_quietly, page)                                 # closed first
+    notebook = NotebookPage(page, base, app, root, Path(cfg) / "server.log", on_close=stack.close)
+    notebook.open()
+    notebook.run(0)
+    return notebook
+
+
+def _close_quietly(page) -> None:
+    try:
+        page.close()
+    except Exception:
+        pass

@@ -8,8 +8,11 @@ kernel-connected race, isolation of every Jupyter/IPython directory).
 * ``start_notebook(app, cells)``: a JupyterLab (``app="lab"``) or Notebook 7
   (``"notebook"``) server over a temp root holding a generated notebook whose
   first cell loads the extension and points it at ``chat_server``; returns a
-  :class:`NotebookPage` (opened, kernel connected and idle). Test modules wrap
-  it in a module-scoped fixture: one Jupyter server per flavour.
+  :class:`NotebookPage` (opened, kernel connected and idle).
+* ``nb``: the test module's notebook, ``start_notebook(module.APP, module.CELLS)``,
+  one Jupyter server per module (so per flavour), closed at the module's end.
+* ``check_cell_streams(nb, index, message)``: run a ``%%opchat`` cell and check the
+  reply streams in (its first line before the footer and any list), then ends rendered.
 
 The whole suite is skipped, with the reason, when /usr/bin/chromium or the
 playwright package is missing, unless ``OPCHAT_REQUIRE_BROWSER=1`` (CI), which
@@ -28,7 +31,7 @@ from typing import List
 
 import pytest
 
-from opchat_magic.testing.browser import NotebookPage, chromium, jupyter, missing, setup_cell, write_notebook
+from opchat_magic.testing.browser import NotebookPage, chromium, missing, open_notebook
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -89,24 +92,47 @@ def start_notebook(browser, chat_server, tmp_path_factory):
 
     def start(app: str, cells: List[str], timeout: float = 60) -> NotebookPage:
         root, cfg = tmp_path_factory.mktemp(f"{app}-root"), tmp_path_factory.mktemp(f"{app}-cfg")
-        write_notebook(root, [setup_cell(chat_server.url)] + list(cells))
         stack = contextlib.ExitStack()
         started.append(stack)
-        base = stack.enter_context(jupyter(app, root, cfg, timeout=timeout))  # stopped last
-        page = browser.new_page()
-        stack.callback(_close_quietly, page)                                 # closed first
-        notebook = NotebookPage(page, base, app, root, cfg / "server.log", on_close=stack.close)
-        notebook.open()
-        notebook.run(0)
-        return notebook
+        return open_notebook(stack, browser, app, root, cfg, chat_server.url, cells, timeout=timeout)
 
     yield start
     for stack in started:
         stack.close()
 
 
-def _close_quietly(page) -> None:
-    try:
-        page.close()
-    except Exception:
-        pass
+@pytest.fixture(scope="module")
+def nb(start_notebook, request):
+    """The module's notebook: ``APP`` (``"lab"`` / ``"notebook"``) and ``CELLS`` from the test module."""
+    notebook = start_notebook(request.module.APP, request.module.CELLS)
+    yield notebook
+    notebook.close()
+
+
+@pytest.fixture(scope="session")
+def check_cell_streams(chat_server):
+    """``check_cell_streams(nb, index, message) -> output locator``: run cell ``index`` (a
+    ``%%opchat`` cell sending ``message``, long enough to take seconds) and check its reply
+    streams: the first line shows while the footer and the list are still to come; then
+    the cell ends with a rendered heading, a list and the footer."""
+    from playwright.sync_api import expect
+
+    from opchat_magic.server import reply_text
+
+    def check(nb: NotebookPage, index: int, message: str):
+        expected = reply_text([{"role": "user", "content": message}], chunk_size=chat_server.config.chunk_size)
+        heading = expected.splitlines()[0].lstrip("# ").strip()
+        nb.run(index, wait=False)
+        out = nb.output(index)
+        # Partial text shows up while the reply is still streaming.
+        expect(out).to_contain_text(heading, timeout=15_000)
+        assert "first chunk" not in out.inner_text(), "the footer came with the first text: the reply did not stream"
+        assert out.locator("li").count() == 0, "the whole reply arrived at once"
+        # The end: rendered Markdown (a heading and a list) and the footer.
+        expect(out).to_contain_text("first chunk", timeout=30_000)
+        nb.wait_done(index, timeout=30)
+        expect(out.locator("h1").first).to_be_visible()
+        assert out.locator("li").count() >= 1
+        return out
+
+    return check

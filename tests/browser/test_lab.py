@@ -14,6 +14,7 @@ from opchat_magic.server import reply_text
 
 pytestmark = pytest.mark.browser
 
+APP = "lab"  # the conftest's ``nb`` fixture opens CELLS in it
 STREAM = "Tell me about streams [[chunks:300]] [[delay:0.01]]"  # 1,500 characters over ~3 s
 CELLS = [
     f"%%opchat -t stream\n{STREAM}",                                      # 1
@@ -27,35 +28,14 @@ CELLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def nb(start_notebook):
-    notebook = start_notebook("lab", CELLS)
-    yield notebook
-    notebook.close()
-
-
 def _user(text):
     return [{"role": "user", "content": text}]
 
 
-def test_cell_streams_then_renders_markdown_with_footer(nb, chat_server):
-    from playwright.sync_api import expect
-
+def test_cell_streams_then_renders_markdown_with_footer(nb, chat_server, check_cell_streams):
     expected = reply_text(_user(STREAM), chunk_size=chat_server.config.chunk_size)
-    heading = expected.splitlines()[0].lstrip("# ").strip()
     assert expected.index("\n- ") > len(expected) // 2  # the list arrives in the second half
-    nb.run(1, wait=False)
-    out = nb.output(1)
-    # Partial text shows up while the reply is still streaming.
-    expect(out).to_contain_text(heading, timeout=15_000)
-    partial = out.inner_text()
-    assert "first chunk" not in partial, "the footer came with the first text: the reply did not stream"
-    assert out.locator("li").count() == 0, "the whole reply arrived at once"
-    # The end: rendered Markdown (a heading and a list) and the footer.
-    expect(out).to_contain_text("first chunk", timeout=30_000)
-    nb.wait_done(1, timeout=30)
-    expect(out.locator("h1").first).to_be_visible()
-    assert out.locator("li").count() >= 1
+    out = check_cell_streams(nb, 1, STREAM)
     assert out.locator(".jp-RenderedMarkdown").count() >= 1
     assert "# " not in out.inner_text().split("\n")[0]  # the heading is rendered, not raw Markdown
 
