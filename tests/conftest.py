@@ -21,3 +21,24 @@ def aioresponses_compat(monkeypatch):
     import aioresponses.core
 
     monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
+
+
+@pytest.fixture(scope="module")
+def kernel_on(tmp_path_factory):
+    """``kernel_on(server, notebook, env=None, setup="") -> Kernel``: a real kernel for the
+    notebook ``<tmp>/<notebook>``, the extension loaded and pointed at ``server.url``,
+    then ``setup`` run; every kernel started is shut down at the end of the module."""
+    from opchat_magic.testing.kernel import Kernel
+
+    started = []
+
+    def start(server, notebook, env=None, setup=""):
+        path = tmp_path_factory.mktemp("nb") / notebook
+        kernel = Kernel(env={"JPY_SESSION_NAME": str(path), **(env or {})})
+        started.append(kernel)
+        kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}\n{setup}")
+        return kernel
+
+    yield start
+    for kernel in started:
+        kernel.shutdown()

@@ -20,13 +20,9 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    notebook = tmp_path_factory.mktemp("nb") / "chat.ipynb"
-    k = Kernel(env={"JPY_SESSION_NAME": str(notebook), "OPCHAT_BASE_URL": server.openai_base_url,
-                    "OPCHAT_MODEL": "opchat-local"})
-    k.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}")
-    yield k
-    k.shutdown()
+def kernel(server, kernel_on):
+    return kernel_on(server, "chat.ipynb",
+                     env={"OPCHAT_BASE_URL": server.openai_base_url, "OPCHAT_MODEL": "opchat-local"})
 
 
 @pytest.fixture(autouse=True)

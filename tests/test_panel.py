@@ -11,7 +11,6 @@ import time
 import pytest
 
 from opchat_magic.server import echo_history as user, LocalServer, reply_text
-from opchat_magic.testing.kernel import Kernel
 
 pytestmark = pytest.mark.kernel
 
@@ -23,20 +22,16 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    notebook = tmp_path_factory.mktemp("nb") / "panel.ipynb"
-    k = Kernel(env={"JPY_SESSION_NAME": str(notebook)})
-    k.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {server.url!r}\n"
-          "from opchat_magic.panel import ChatPanel, SEND_MARK, show_panel\n"
-          "from IPython import get_ipython\n"
-          "magics = get_ipython().magics_manager.registry['OpchatMagics']\n"
-          "panels = []\n"
-          "def new_panel(**kw):\n"
-          "    p = ChatPanel(**kw); panels.append(p); return p\n"
-          "def shown(p):\n"  # the transcript with whitespace collapsed (blocks are joined by blank lines)
-          "    return ' '.join(p.transcript_markdown().split())\n")
-    yield k
-    k.shutdown()
+def kernel(server, kernel_on):
+    return kernel_on(server, "panel.ipynb", setup=(
+        "from opchat_magic.panel import ChatPanel, SEND_MARK, show_panel\n"
+        "from IPython import get_ipython\n"
+        "magics = get_ipython().magics_manager.registry['OpchatMagics']\n"
+        "panels = []\n"
+        "def new_panel(**kw):\n"
+        "    p = ChatPanel(**kw); panels.append(p); return p\n"
+        "def shown(p):\n"  # the transcript with whitespace collapsed (blocks are joined by blank lines)
+        "    return ' '.join(p.transcript_markdown().split())\n"))
 
 
 @pytest.fixture(autouse=True)
