@@ -35,7 +35,7 @@ from opchat_magic.server import (
     split_chunks,
     text_of_length,
 )
-from opchat_magic.server.faults import BROKEN_LINE, HTML_PAGE, OVERLOADED
+from opchat_magic.server.faults import BROKEN_LINE, HTML_PAGE, HTTP_MESSAGES, OVERLOADED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,6 +138,17 @@ async def read_until_error(resp, timeout: float = 10.0):
         return bytes(got), exc
     return bytes(got), None
 
+
+async def read_lines_timed(resp, timeout: float = 5.0):
+    """The whole body read line by line, and the monotonic arrival time of each ``data:`` line."""
+    got, arrivals = bytearray(), []
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), timeout)
+        if not line:
+            return bytes(got), arrivals
+        if line.startswith(b"data: "):
+            arrivals.append(time.monotonic())
+        got += line
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -353,6 +364,20 @@ async def test_openai_stream_without_usage(server, session):
     assert data_lines(raw)[-1] == b"[DONE]"
 
 
+async def test_openai_stream_is_compact_json_byte_for_byte(server, session):
+    # Every chunk is exactly what a compact, UTF-8 (not \\u-escaped) JSON encoder
+    # writes, whatever the content and the echoed model name hold.
+    body = oai('Grüße "quoted" back\\slash \u2028 [[chunk:3]]', model='odd "model" }{', include_usage=True)
+    _, _, raw = await post(session, server.openai_base_url + "/chat/completions", body)
+    lines = data_lines(raw)
+    assert lines[-1] == b"[DONE]" and raw == b"".join(b"data: " + d + b"\n\n" for d in lines)
+    chunks = [json.loads(d) for d in lines[:-1]]
+    assert [_j(c).encode() for c in chunks] == lines[:-1]
+    reply = reply_text(body["messages"])
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:-2]] == split_chunks(reply, 3)
+    assert {c["model"] for c in chunks} == {'odd "model" }{'}
+
+
 async def test_openai_non_stream_and_models(server, session):
     body = oai("Hi", stream=False, history=[{"role": "system", "content": "be brief"}])
     status, _, raw = await post(session, server.openai_base_url + "/chat/completions", body)
@@ -419,17 +444,9 @@ async def test_chunk_size_and_delay():
         with LocalServer(delay=0.05, chunk_size=7) as srv:
             body = aie("timing")
             reply = reply_text(body["messages"])
-            arrivals = []
             t0 = time.monotonic()
             async with session.post(srv.url + SUBMIT, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                buf = b""
-                while True:
-                    line = await asyncio.wait_for(resp.content.readline(), 5)
-                    if not line:
-                        break
-                    if line.startswith(b"data: "):
-                        arrivals.append(time.monotonic())
-                    buf += line
+                buf, arrivals = await read_lines_timed(resp)
             evs = events(buf)
             assert [e["data"] for e in evs[:-1]] == split_chunks(reply, 7)
             gaps = [b - a for a, b in zip(arrivals, arrivals[1:-1])]
@@ -504,7 +521,7 @@ async def test_fault_bad_line_mid_stream(server, session, name):
     assert raw == good + MID_STREAM_LINES[name] + rest + end(reply, use)
 
 
-async def test_fault_bad_line_contents(server, session):
+def test_fault_bad_line_contents():
     with pytest.raises(ValueError):
         json.loads(MID_STREAM_LINES["broken_json"][6:])
     with pytest.raises(UnicodeDecodeError):
@@ -553,6 +570,9 @@ async def test_fault_reset_aborts_mid_line(server, session):
     # An RST may discard bytes not yet read; what did arrive is a prefix of what was sent.
     assert sent.startswith(got)
     assert b'"type":"end"' not in got
+    stats = server.stats
+    assert stats.faults == {"reset": 1} and stats.completed == 0
+    assert stats.disconnects == 0  # the server aborted it on purpose; not a client disconnect
 
 
 async def test_fault_empty_body(server, session):
@@ -624,17 +644,9 @@ async def test_fault_no_headers_is_bounded_by_max_hang(server, session):
 
 
 async def test_fault_stall(server, session):
-    body, reply, chunks, use = _parts("hi [[fault:stall]]")
-    arrivals = []
-    buf = b""
+    body = aie("hi [[fault:stall]]")
     async with session.post(server.url + SUBMIT, json=body) as resp:
-        while True:
-            line = await asyncio.wait_for(resp.content.readline(), 5)
-            if not line:
-                break
-            if line.startswith(b"data: "):
-                arrivals.append(time.monotonic())
-            buf += line
+        buf, arrivals = await read_lines_timed(resp)
     assert buf == expected_stream(body)
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert gaps[GOOD - 1] >= 0.25  # fault_delay 0.3 after GOOD chunks
@@ -728,7 +740,8 @@ async def test_unknown_fault_directive_is_a_400(server, session):
 async def test_openai_fault_http(server, session, status, code):
     got, _, raw = await post(session, server.openai_base_url + "/chat/completions", oai(f"hi [[fault:http_{status}]]"))
     error = json.loads(raw)["error"]
-    assert got == status and error["message"] and error["code"] == code
+    message = BAD_KEY["error"]["message"] if status == 401 else HTTP_MESSAGES[status]
+    assert got == status and error["message"] == message and error["code"] == code
 
 
 async def test_openai_fault_error_event_and_no_done(server, session):
@@ -815,6 +828,7 @@ async def test_inapplicable_server_fault_is_not_used_up(server, session):
     server.set_fault("missing_type", count=1)  # AI Engine only
     status, _, raw = await post(session, server.openai_base_url + "/chat/completions", oai("hi"))
     assert status == 200 and raw.endswith(b"data: [DONE]\n\n")
+    assert server.fault == ("missing_type", 1) and server.stats.faults == {}
     server.set_fault("stall", count=1)  # a stream fault, and this request is not streamed
     status, _, _ = await post(session, server.url + SUBMIT, aie("hi", stream=False))
     assert status == 200 and server.fault == ("stall", 1)
@@ -852,8 +866,10 @@ async def test_stats_requests_bodies_headers_completed(server, session):
 
     server.reset_stats()
     assert server.stats.requests == {} and server.stats.recent == []
+    await post(session, server.url + SUBMIT, aie("again"))
+    assert server.stats.completed == 1
     await post(session, server.url + "/_opchat/reset", {})  # the admin twin
-    assert server.stats.completed == 0
+    assert server.stats.completed == 0 and server.stats.requests == {} and server.stats.recent == []
 
 
 async def test_stats_history_is_bounded(session):

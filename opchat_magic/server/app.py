@@ -62,17 +62,7 @@ async def _read_json(request: web.Request, wire) -> "tuple[Any, Optional[web.Res
 
 
 def _record(request: web.Request, endpoint: str, body: Any) -> None:
-    request.app[STATE].stats.request(endpoint, request.method, request.path, dict(request.headers), body)
-
-
-async def _play(request: web.Request, turn: Turn, fault_name: Optional[str]) -> web.StreamResponse:
-    state = request.app[STATE]
-    stream = EventStream(request, turn, state)
-    if fault_name is None:
-        return await stream.run(lambda s: answer(request, turn, s))
-    state.stats.fault(fault_name)
-    fault = faults_mod.FAULTS[fault_name]
-    return await stream.run(lambda s: fault.run(request, turn, s))
+    request.app[STATE].stats.request(endpoint, request.method, request.path, request.headers, body)
 
 
 def _choose_fault(state: ServerState, directive: Optional[str], dialect: str, stream: bool) -> Optional[str]:
@@ -83,14 +73,14 @@ def _choose_fault(state: ServerState, directive: Optional[str], dialect: str, st
     return state.fault.take(lambda name: faults_mod.applies(name, dialect, stream))
 
 
-def _unknown_fault(wire, name: str) -> web.Response:
-    msg = f"Unknown fault {name!r}. Known faults: {', '.join(faults_mod.fault_names())}."
-    return _json(wire.error_body(400, msg), 400)
-
-
-def _make_turn(state: ServerState, endpoint: str, wire, messages: list, new_message: Optional[str], stream: bool):
+async def _reply(request: web.Request, endpoint: str, wire, messages: list, new_message: Optional[str], stream: bool) -> web.StreamResponse:
+    """Decide the turn for a checked chat request, pick its fault (if any), and play it."""
+    state = request.app[STATE]
     cfg = state.config
     text, directives = compose(messages, new_message, chunk_size=cfg.chunk_size)
+    if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
+        msg = f"Unknown fault {directives.fault!r}. Known faults: {', '.join(faults_mod.fault_names())}."
+        return _json(wire.error_body(400, msg), 400)
     turn = Turn(
         endpoint=endpoint,
         wire=wire,
@@ -101,7 +91,13 @@ def _make_turn(state: ServerState, endpoint: str, wire, messages: list, new_mess
         config=cfg,
         directives=directives,
     )
-    return turn, directives
+    fault_name = _choose_fault(state, directives.fault, wire.name, stream)
+    if fault_name is None:
+        play = answer
+    else:
+        state.stats.fault(fault_name)
+        play = faults_mod.FAULTS[fault_name].run
+    return await EventStream(request, turn, state).run(lambda s: play(request, turn, s))
 
 
 # -- AI Engine ------------------------------------------------------------------
@@ -128,11 +124,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     ):
         return _json(REJECTED, 403)
     messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-    stream = bool(body.get("stream", False))
-    turn, directives = _make_turn(state, "submit", wire, messages, new_message, stream)
-    if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
-        return _unknown_fault(wire, directives.fault)
-    return await _play(request, turn, _choose_fault(state, directives.fault, wire.name, stream))
+    return await _reply(request, "submit", wire, messages, new_message, bool(body.get("stream", False)))
 
 
 async def start_session(request: web.Request) -> web.Response:
@@ -177,11 +169,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         wire.model = body["model"]  # echoed back, as local servers do
     options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
     wire.include_usage = bool(options.get("include_usage"))
-    stream = bool(body.get("stream", False))
-    turn, directives = _make_turn(state, "chat_completions", wire, messages, None, stream)
-    if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
-        return _unknown_fault(wire, directives.fault)
-    return await _play(request, turn, _choose_fault(state, directives.fault, wire.name, stream))
+    return await _reply(request, "chat_completions", wire, messages, None, bool(body.get("stream", False)))
 
 
 async def models(request: web.Request) -> web.Response:
@@ -219,9 +207,8 @@ async def set_fault(request: web.Request) -> web.Response:
         state.config.tune(**{k: body[k] for k in FAULT_TUNING if k in body})
         if name is None:
             state.fault.clear()
-        elif name not in faults_mod.FAULTS:
-            raise ValueError(f"unknown fault {name!r}; known: {', '.join(faults_mod.fault_names())}")
         else:
+            faults_mod.check_fault_name(name)
             count = body.get("count", 1)
             if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
                 raise ValueError("count must be an integer or null")

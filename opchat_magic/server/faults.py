@@ -33,7 +33,7 @@ from .replies import split_chunks, text_of_length
 from .streaming import EventStream, Turn, answer
 from .wire import dumps
 
-__all__ = ["Fault", "FAULTS", "GOOD", "fault_names", "applies", "OVERLOADED", "HTML_PAGE", "BROKEN_LINE", "HTTP_MESSAGES"]
+__all__ = ["Fault", "FAULTS", "GOOD", "fault_names", "check_fault_name", "applies", "OVERLOADED", "HTML_PAGE", "BROKEN_LINE", "HTTP_MESSAGES"]
 
 GOOD = 3  # correct chunks before a mid-stream fault
 OVERLOADED = "The model is overloaded."
@@ -79,6 +79,12 @@ def fault_names() -> "list[str]":
     return sorted(FAULTS)
 
 
+def check_fault_name(name: Optional[str]) -> None:
+    """ValueError unless ``name`` is None or a registered fault."""
+    if name is not None and name not in FAULTS:
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(fault_names())}")
+
+
 def applies(name: str, dialect: str, stream: bool) -> bool:
     f = FAULTS.get(name)
     return f is not None and dialect in f.dialects and (stream or not f.stream_only)
@@ -99,6 +105,11 @@ async def _good_then(s: EventStream, turn: Turn, bad: bytes, *, then_rest: bool 
         await s.end_early()
 
 
+def _with_extra_chunk(turn: Turn, extra: str) -> None:
+    """Insert one more live chunk after the GOOD ones (the end's reply includes it)."""
+    turn.chunks = turn.chunks[:GOOD] + [extra] + turn.chunks[GOOD:]
+
+
 def _spliced(turn: Turn, raw: bytes) -> bytes:
     """A live event whose data holds ``raw`` bytes verbatim (not JSON-escaped)."""
     return turn.wire.live("<@@>").replace(b"<@@>", raw)
@@ -117,34 +128,22 @@ async def _hold(request: web.Request, seconds: float) -> None:
 # -- broken events ------------------------------------------------------------
 
 
-@fault("broken_json")
-async def broken_json(request, turn, s):
-    """A ``data:`` line that is not JSON (BROKEN_LINE) after GOOD chunks, then the rest and the end."""
-    await _good_then(s, turn, BROKEN_LINE)
+def _bad_line_fault(name: str, line: bytes, dialects: frozenset = AIENGINE, note: str = "") -> None:
+    """Register fault ``name``: GOOD chunks, the fixed bytes ``line``, then the rest and the end."""
+
+    async def run(request, turn, s):
+        await _good_then(s, turn, line)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"``{line.decode().strip()}`` after GOOD chunks, then the rest and the end{note}."
+    fault(name, dialects=dialects)(run)
 
 
-@fault("missing_type", dialects=AIENGINE)
-async def missing_type(request, turn, s):
-    """``data: {"data":"no type"}`` after GOOD chunks, then the rest and the end."""
-    await _good_then(s, turn, b'data: {"data":"no type"}\n\n')
-
-
-@fault("unknown_type", dialects=AIENGINE)
-async def unknown_type(request, turn, s):
-    """``data: {"type":"mystery","data":"?"}`` after GOOD chunks, then the rest and the end (a valid stream)."""
-    await _good_then(s, turn, b'data: {"type":"mystery","data":"?"}\n\n')
-
-
-@fault("live_without_data", dialects=AIENGINE)
-async def live_without_data(request, turn, s):
-    """``data: {"type":"live"}`` after GOOD chunks, then the rest and the end."""
-    await _good_then(s, turn, b'data: {"type":"live"}\n\n')
-
-
-@fault("non_string_data", dialects=AIENGINE)
-async def non_string_data(request, turn, s):
-    """``data: {"type":"live","data":123}`` after GOOD chunks, then the rest and the end."""
-    await _good_then(s, turn, b'data: {"type":"live","data":123}\n\n')
+_bad_line_fault("broken_json", BROKEN_LINE, BOTH, note=" (BROKEN_LINE: a data line that is not JSON)")
+_bad_line_fault("missing_type", b'data: {"data":"no type"}\n\n')
+_bad_line_fault("unknown_type", b'data: {"type":"mystery","data":"?"}\n\n', note=" (a valid stream)")
+_bad_line_fault("live_without_data", b'data: {"type":"live"}\n\n')
+_bad_line_fault("non_string_data", b'data: {"type":"live","data":123}\n\n')
 
 
 @fault("bad_end", dialects=AIENGINE)
@@ -179,7 +178,7 @@ async def nul_raw(request, turn, s):
 async def nul_bytes(request, turn, s):
     """A valid stream with one extra chunk ``"nul\\u0000here"`` (JSON-escaped NUL) after GOOD chunks;
     the end's reply includes it."""
-    turn.chunks = turn.chunks[:GOOD] + ["nul\x00here"] + turn.chunks[GOOD:]
+    _with_extra_chunk(turn, "nul\x00here")
     return await answer(request, turn, s)
 
 
@@ -187,8 +186,7 @@ async def nul_bytes(request, turn, s):
 async def huge_line(request, turn, s):
     """A valid stream with one extra live chunk of ``huge_size`` 'x' characters (default 1 MiB,
     ``[[huge:N]]`` per request) after GOOD chunks; the end's reply includes it."""
-    size = turn.directives.huge or turn.config.huge_size
-    turn.chunks = turn.chunks[:GOOD] + ["x" * size] + turn.chunks[GOOD:]
+    _with_extra_chunk(turn, "x" * (turn.directives.huge or turn.config.huge_size))
     return await answer(request, turn, s)
 
 
@@ -320,17 +318,21 @@ async def http_500_text(request, turn, s):
     return web.Response(status=500, text="Internal Server Error", content_type="text/plain")
 
 
+# What AI Engine's error body is for each status (see AIEngineWire.error_body).
+_AIENGINE_BODY = {401: "the rest_cookie_invalid_nonce body", 403: "the rejection body"}
+
+
 def _http(status: int) -> FaultFn:
+    headers = {"Retry-After": "1"} if status == 429 else None
+
     async def run(request, turn, s):
         s.done = True
-        headers = {"Retry-After": "1"} if status == 429 else None
         return web.json_response(turn.wire.error_body(status, HTTP_MESSAGES[status]), status=status, headers=headers, dumps=dumps)
 
     run.__doc__ = (
         f"HTTP {status} with the endpoint's JSON error body (AI Engine: "
-        + ("the rest_cookie_invalid_nonce body" if status == 401 else "the rejection body" if status == 403 else "{success:false, message}")
-        + "; OpenAI: {error:{message,type,code}})."
-        + (" Retry-After: 1." if status == 429 else "")
+        f"{_AIENGINE_BODY.get(status, '{success:false, message}')}; OpenAI: {{error:{{message,type,code}}}})."
+        + (" Retry-After: 1." if headers else "")
     )
     return run
 

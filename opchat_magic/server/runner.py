@@ -22,11 +22,13 @@ from typing import Callable, Iterable, Optional
 from aiohttp import web
 
 from .app import build_app, cancel_open_requests
-from .faults import FAULTS, fault_names
+from .faults import check_fault_name
 from .state import ServerConfig, ServerState
 from .stats import Stats
 
 __all__ = ["LocalServer", "is_loopback"]
+
+_POLL_INTERVAL = 0.01  # seconds between looks in wait_for / await_for
 
 
 def is_loopback(host: str) -> bool:
@@ -36,11 +38,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _check_fault(name: Optional[str]) -> None:
-    if name is not None and name not in FAULTS:
-        raise ValueError(f"unknown fault {name!r}; known: {', '.join(fault_names())}")
 
 
 class LocalServer:
@@ -88,7 +85,7 @@ class LocalServer:
         model: str = "opchat-local",
         history: int = 50,
     ):
-        _check_fault(fault)
+        check_fault_name(fault)
         if isinstance(bot_ids, str):  # LocalServer(bot_ids="mybot") means one bot, not its letters
             bot_ids = (bot_ids,)
         self.host = host
@@ -256,7 +253,7 @@ class LocalServer:
         ``options`` retune the server's fault knobs: fault_delay, huge_size,
         trickle_interval, keepalive_interval, max_hang.
         """
-        _check_fault(name)
+        check_fault_name(name)
         self.config.tune(**options)
         self._state.fault.set(name, count)
 
@@ -289,24 +286,26 @@ class LocalServer:
         if self._thread is None and self._loop is not None and _running_loop() is self._loop:
             raise RuntimeError("this would block the server's own loop: use `await server.await_for(...)`")
         deadline = time.monotonic() + timeout
-        while True:
-            stats = self.stats
-            if predicate(stats):
-                return stats
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s; stats: {stats}")
-            time.sleep(0.01)
+        while (stats := self._poll(predicate, deadline, timeout)) is None:
+            time.sleep(_POLL_INTERVAL)
+        return stats
 
     async def await_for(self, predicate: Callable[[Stats], bool], timeout: float = 5.0) -> Stats:
         """``wait_for`` for async code."""
         deadline = time.monotonic() + timeout
-        while True:
-            stats = self.stats
-            if predicate(stats):
-                return stats
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout} s; stats: {stats}")
-            await asyncio.sleep(0.01)
+        while (stats := self._poll(predicate, deadline, timeout)) is None:
+            await asyncio.sleep(_POLL_INTERVAL)
+        return stats
+
+    def _poll(self, predicate: Callable[[Stats], bool], deadline: float, timeout: float) -> Optional[Stats]:
+        """One look for wait_for/await_for: the stats if ``predicate`` holds, None to
+        poll again, TimeoutError once ``deadline`` (monotonic) has passed."""
+        stats = self.stats
+        if predicate(stats):
+            return stats
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout} s; stats: {stats}")
+        return None
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 __all__ = ["Stats", "StatsRecorder", "SECRET_HEADERS", "mask_headers"]
 
@@ -109,6 +109,9 @@ class StatsRecorder:
     def __init__(self, history: int = 50):
         self._lock = threading.Lock()
         self._history = history
+        # `active` is live state, not history: reset() leaves it alone, so a
+        # reset during a stream cannot drive it negative.
+        self._active = 0
         self.reset()
 
     def reset(self) -> None:
@@ -121,11 +124,8 @@ class StatsRecorder:
             self._disconnects: deque = deque(maxlen=1000)
             self._disconnect_count = 0
             self._recent: deque = deque(maxlen=self._history)
-            # `active` is live state, not history: a reset during a stream
-            # must not drive it negative.
-            self._active = getattr(self, "_active", 0)
 
-    def request(self, endpoint: str, method: str, path: str, headers: dict, body: Any) -> None:
+    def request(self, endpoint: str, method: str, path: str, headers: Mapping[str, str], body: Any) -> None:
         entry = {
             "endpoint": endpoint,
             "method": method,

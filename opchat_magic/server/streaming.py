@@ -94,12 +94,12 @@ class EventStream:
         if not self.done and not self.state.stopping:
             self.state.stats.disconnect(self.turn.endpoint, self.chunks_sent, how)
 
-    async def open(self, *, status: int = 200, headers: Optional[dict] = None) -> web.StreamResponse:
-        self.resp = web.StreamResponse(status=status, headers=headers or SSE_HEADERS)
+    async def open(self) -> None:
+        """Send the 200 status line and the SSE headers."""
+        self.resp = web.StreamResponse(headers=SSE_HEADERS)
         await self.resp.prepare(self.request)  # sends the headers now
         self.state.stats.stream_started()
         self._counted = True
-        return self.resp
 
     # -- writing -------------------------------------------------------------
 
@@ -109,9 +109,9 @@ class EventStream:
             data = self.transform(data)
         await self.resp.write(data)
 
-    async def send_live(self, chunks: "list[str]", delay: Optional[float] = None) -> None:
-        """Live events for ``chunks``: ``delay`` seconds apart, or batched when it is 0."""
-        delay = self.turn.delay if delay is None else delay
+    async def send_live(self, chunks: "list[str]") -> None:
+        """Live events for ``chunks``: the turn's delay apart, or batched when it is 0."""
+        delay = self.turn.delay
         live = self.turn.wire.live
         if delay <= 0:
             batch, size = [], 0
@@ -120,18 +120,20 @@ class EventStream:
                 batch.append(event)
                 size += len(event)
                 if size >= BATCH_BYTES:
-                    await self.write(b"".join(batch))
-                    self.chunks_sent += len(batch)
+                    await self._write_batch(batch)
                     batch, size = [], 0
             if batch:
-                await self.write(b"".join(batch))
-                self.chunks_sent += len(batch)
+                await self._write_batch(batch)
             return
         for i, chunk in enumerate(chunks):
             if i:
                 await asyncio.sleep(delay)
             await self.write(live(chunk))
             self.chunks_sent += 1
+
+    async def _write_batch(self, events: "list[bytes]") -> None:
+        await self.write(b"".join(events))
+        self.chunks_sent += len(events)
 
     async def finish(self) -> None:
         """The final event(s) for the whole turn, then a clean end of the body."""

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from json.encoder import encode_basestring
+from typing import Any, Optional
 
 __all__ = ["sse", "dumps", "AIEngineWire", "OpenAIWire", "REJECTED", "NONCE_INVALID", "OPENAI_BAD_KEY"]
 
 
-def dumps(obj: Any) -> str:
-    # Compact like the examples in PROTOCOL.md; non-ASCII sent as UTF-8, and
-    # control characters (NUL included) escaped as JSON requires.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+# Compact like the examples in PROTOCOL.md; non-ASCII sent as UTF-8, and
+# control characters (NUL included) escaped as JSON requires. One encoder for
+# the process: json.dumps() with options builds a new JSONEncoder per call.
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as a JSON string literal, exactly as :func:`dumps` writes it."""
+    return encode_basestring(text).encode("utf-8")
 
 
 def sse(obj: Any) -> bytes:
@@ -34,11 +40,16 @@ OPENAI_BAD_KEY = {
 }
 
 
+_AIENGINE_LIVE = b'data: {"type":"live","data":'
+
+
 class AIEngineWire:
     name = "aiengine"
 
     def live(self, chunk: str) -> bytes:
-        return sse({"type": "live", "data": chunk})
+        # Once per streamed chunk: the bytes of sse({"type": "live", "data": chunk})
+        # without building and encoding a dict each time.
+        return _AIENGINE_LIVE + _json_string(chunk) + b"}\n\n"
 
     def end_payload(self, reply: str, usage: dict) -> dict:
         return {"success": True, "reply": reply, "images": None, "usage": usage}
@@ -72,6 +83,9 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
+_OPENAI_LIVE_TAIL = b'},"finish_reason":null}]}\n\n'
+
+
 class OpenAIWire:
     name = "openai"
 
@@ -81,6 +95,7 @@ class OpenAIWire:
         self.created = int(time.time())
         self.include_usage = include_usage
         self._first = True
+        self._live_head: Optional[bytes] = None  # built at the second chunk: id and model are fixed by then
 
     def _chunk(self, delta: dict, finish_reason=None) -> dict:
         return {
@@ -92,12 +107,17 @@ class OpenAIWire:
         }
 
     def live(self, chunk: str) -> bytes:
-        delta = {"content": chunk}
         if self._first:
             # Only the first chunk names the role, as OpenAI does.
-            delta = {"role": "assistant", "content": chunk}
             self._first = False
-        return sse(self._chunk(delta))
+            return sse(self._chunk({"role": "assistant", "content": chunk}))
+        # Every later chunk is the same JSON around the content string: encode
+        # that frame once, then splice each chunk's JSON string into it.
+        if self._live_head is None:
+            frame = sse(self._chunk({"content": ""}))
+            assert frame.endswith(b'""' + _OPENAI_LIVE_TAIL)
+            self._live_head = frame[: -len(_OPENAI_LIVE_TAIL) - 2]
+        return self._live_head + _json_string(chunk) + _OPENAI_LIVE_TAIL
 
     def finish(self, reply: str, usage: dict) -> bytes:
         out = sse(self._chunk({}, "stop"))
