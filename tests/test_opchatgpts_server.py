@@ -104,8 +104,10 @@ async def test_env_url(server, monkeypatch):
     assert "".join([c async for c in stream]) == reply_text(user("env"))
 
 
-async def test_shared_session(server):
+async def test_shared_session(server, monkeypatch):
     async with aiohttp.ClientSession() as session:
+        # Any new ClientSession would fail: the caller's is the one used.
+        monkeypatch.setattr(aiohttp, "ClientSession", None)
         for i in range(3):
             chunks, reply = await run(server, user(f"turn {i}"), session=session)
             assert reply.complete

@@ -190,11 +190,20 @@ async def test_unknown_kwargs_ignored(mocked):
     assert chunks == ["Hel", "lo"]
 
 
-async def test_session_reused_and_left_open(mocked):
+def _no_new_sessions(monkeypatch):
+    """Make creating an aiohttp.ClientSession fail: the caller's session must be the one used."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the provider opened its own ClientSession instead of using session=")
+
+    monkeypatch.setattr(aiohttp, "ClientSession", refuse)
+
+
+async def test_session_reused_and_left_open(mocked, monkeypatch):
     serve(mocked, repeat=True)
     async with aiohttp.ClientSession() as session:
-        await run(session=session)
-        await run(session=session)
+        _no_new_sessions(monkeypatch)
+        assert (await run(session=session))[0] == ["Hel", "lo"]
+        assert (await run(session=session))[0] == ["Hel", "lo"]
         assert not session.closed
 
 
@@ -205,7 +214,8 @@ async def test_url_kwarg_beats_env_and_class(mocked, monkeypatch):
     monkeypatch.setenv("OPCHAT_URL", "http://env.test")
     serve(mocked)
     await run(url=BASE)
-    assert calls(mocked)
+    assert calls(mocked)[0].kwargs["headers"]["Origin"] == BASE
+    assert not calls(mocked, "http://env.test" + SUBMIT_PATH)
 
 
 async def test_env_beats_class(mocked, monkeypatch):
@@ -281,10 +291,12 @@ async def test_nonce_auto_start_session_missing(mocked):
 
 async def test_nonce_error_hints(mocked):
     body = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
-    serve(mocked, status=403, payload=body, content_type="application/json", repeat=True)
+    serve(mocked, status=403, payload=body, content_type="application/json", repeat=True,
+          headers={"Retry-After": "3"})
     with pytest.raises(HTTPStatusError, match="nonce='auto'") as info:
         await run()
     assert info.value.status == 403 and "Cookie check failed" in str(info.value)
+    assert info.value.retry_after == "3"  # the hinted error still carries it, for failover
     with pytest.raises(HTTPStatusError, match="stale") as info:
         await run(nonce="old-nonce-value")
     assert "old-nonce-value" not in str(info.value) + repr(info.value)
@@ -536,8 +548,9 @@ async def test_http_status(mocked, status, body, content_type, message):
 async def test_http_429_retry_after(mocked):
     serve(mocked, status=429, payload={"message": "Slow down"}, content_type="application/json",
           headers={"Retry-After": "12"})
-    with pytest.raises(HTTPStatusError, match=r"Slow down \(Retry-After: 12\)"):
+    with pytest.raises(HTTPStatusError, match=r"Slow down \(Retry-After: 12\)") as info:
         await run()
+    assert info.value.retry_after == "12"
 
 
 async def test_http_error_redacts_secrets(mocked):

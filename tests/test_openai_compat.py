@@ -5,7 +5,6 @@ import json
 import logging
 import traceback
 
-
 import pytest
 from aioresponses import aioresponses
 from yarl import URL

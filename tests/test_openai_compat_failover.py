@@ -264,25 +264,19 @@ async def test_backoff_is_capped_by_max_backoff(closed_url):
 # ---------------------------------------------------------------- plumbing
 
 
-class _Fails(AsyncGeneratorProvider):
-    @classmethod
+def _raising(name, make_error):
+    """A provider class whose stream raises ``make_error()`` before its first chunk."""
+
     async def _stream(cls, model, messages, proxy, reply, **kwargs):
-        raise ConnectionResetError("reset before anything")
+        raise make_error()
         yield  # pragma: no cover
 
-
-class _Stops(AsyncGeneratorProvider):
-    @classmethod
-    async def _stream(cls, model, messages, proxy, reply, **kwargs):
-        raise StoppedError()
-        yield  # pragma: no cover
+    return type(name, (AsyncGeneratorProvider,), {"_stream": classmethod(_stream)})
 
 
-class _Bug(AsyncGeneratorProvider):
-    @classmethod
-    async def _stream(cls, model, messages, proxy, reply, **kwargs):
-        raise TypeError("a bug, not a network problem")
-        yield  # pragma: no cover
+_Fails = _raising("_Fails", lambda: ConnectionResetError("reset before anything"))
+_Stops = _raising("_Stops", StoppedError)
+_Bug = _raising("_Bug", lambda: TypeError("a bug, not a network problem"))
 
 
 class _Answers(AsyncGeneratorProvider):
@@ -335,13 +329,22 @@ def test_argument_checks():
         stream_with_failover(["no-such-provider"], "m", MESSAGES)
 
 
+def _status_error(status, retry_after=None):
+    """An HTTPStatusError as providers/http.py makes it: the Retry-After header text on ``.retry_after``."""
+    err = HTTPStatusError("http://x", status, "slow down")
+    err.retry_after = retry_after
+    return err
+
+
 def test_retry_after_parsing():
-    err = HTTPStatusError("http://x", 429, "slow down (Retry-After: 7)")
+    err = _status_error(429, "7")
     assert retry_after_seconds(err) == 7.0
-    assert retry_after_seconds(HTTPStatusError("http://x", 429, "slow down")) is None
+    assert retry_after_seconds(_status_error(429)) is None
+    assert retry_after_seconds(HTTPStatusError("http://x", 429, "slow down")) is None  # no attribute at all
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
-    assert 28 <= retry_after_seconds(HTTPStatusError("http://x", 503, f"busy (Retry-After: {date})"), now=now) <= 31
+    assert 28 <= retry_after_seconds(_status_error(503, date), now=now) <= 31
+    assert retry_after_seconds(_status_error(503, "soon")) is None  # unreadable
     err.retry_after = 2
     assert retry_after_seconds(err) == 2.0
     assert is_retryable(HTTPStatusError("http://x", 503, "")) and is_retryable(HTTPStatusError("http://x", 504, ""))

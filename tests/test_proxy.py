@@ -40,7 +40,8 @@ import pytest
 from aiohttp import web
 
 from opchat_magic.errors import EndpointUnreachableError, HTTPStatusError
-from opchat_magic.providers.openai_compat import OpenAICompatible, ssl_context_from_env
+from opchat_magic.providers.http import ssl_context_from_env
+from opchat_magic.providers.openai_compat import OpenAICompatible
 from opchat_magic.server import LocalServer, reply_text
 
 pytestmark = pytest.mark.timeout(60)
@@ -305,10 +306,16 @@ async def test_ssl_cert_file_missing_is_reported(monkeypatch, tmp_path):
         ssl_context_from_env()
 
 
-async def test_given_session_is_used_as_is(proxy, server):
+async def test_given_session_is_used_as_is(proxy, server, monkeypatch):
     # With session=, the caller's session settings apply (trust_env is theirs to choose).
     async with aiohttp.ClientSession(trust_env=False) as session:
         stream = OpenAICompatible.create_async_generator("m", MESSAGES, base_url=server.openai_base_url,
                                                          proxy=proxy.url, session=session)
         assert await run(stream) == reply_text(MESSAGES)
+        # HTTP_PROXY would apply to a session of the provider's own (trust_env=True), not to this one.
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        stream = OpenAICompatible.create_async_generator("m", MESSAGES, base_url=server.openai_base_url,
+                                                         session=session)
+        assert await run(stream) == reply_text(MESSAGES)
     assert proxy.count == 1
+    assert server.stats.requests["chat_completions"] == 2

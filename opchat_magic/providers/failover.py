@@ -27,19 +27,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import aiohttp
 
-from ..errors import (
-    EndpointUnreachableError,
-    HTTPStatusError,
-    OpchatError,
-    StoppedError,
-)
+from ..errors import EndpointUnreachableError, OpchatError, StoppedError
 from .base import AsyncGeneratorProvider, Messages, Reply, ReplyStream
 
 __all__ = [
@@ -54,7 +48,6 @@ __all__ = [
 ]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_RETRY_AFTER_IN_TEXT = re.compile(r"\(Retry-After: ([^)]{1,40})\)")
 
 ProviderSpec = Union[str, Type[AsyncGeneratorProvider], Tuple[Any, dict]]
 
@@ -93,16 +86,16 @@ def is_retryable(exc: BaseException, statuses: Iterable[int] = RETRY_STATUSES) -
     """Connection failures and the given HTTP statuses are worth retrying on the same provider."""
     if isinstance(exc, (EndpointUnreachableError, aiohttp.ClientConnectionError, ConnectionError)):
         return True
-    status = _status(exc)
-    return status is not None and isinstance(exc, (HTTPStatusError, aiohttp.ClientResponseError)) and status in set(statuses)
+    # HTTPStatusError is an aiohttp.ClientResponseError; so are other providers' status errors.
+    return isinstance(exc, aiohttp.ClientResponseError) and _status(exc) in set(statuses)
 
 
 def retry_after_seconds(exc: BaseException, now: Optional[float] = None) -> Optional[float]:
     """The server's ``Retry-After`` for this error, in seconds (None when absent or unreadable).
 
-    Looks for ``exc.retry_after`` (seconds, set by the HTTP helpers) and then a
-    ``Retry-After`` header in ``exc.headers``; both delta-seconds and HTTP-date
-    forms are read.
+    Looks for ``exc.retry_after`` (the header as sent, set on :class:`HTTPStatusError`
+    by ``providers/http.py``; or seconds) and then a ``Retry-After`` header in
+    ``exc.headers``; both delta-seconds and HTTP-date forms are read.
     """
     value = getattr(exc, "retry_after", None)
     if value is None:
@@ -112,10 +105,6 @@ def retry_after_seconds(exc: BaseException, now: Optional[float] = None) -> Opti
                 value = headers.get("Retry-After")
             except Exception:
                 value = None
-    if value is None:
-        # providers/http.py appends "(Retry-After: VALUE)" to the HTTPStatusError message.
-        found = _RETRY_AFTER_IN_TEXT.search(str(getattr(exc, "message", "") or exc))
-        value = found.group(1) if found else None
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):

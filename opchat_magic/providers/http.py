@@ -42,9 +42,7 @@ Timeouts are aiohttp's ``sock_connect``/``connect`` and ``sock_read``
 session too. ``sock_read`` is re-armed by aiohttp in ``data_received`` (once per
 network read, not per event) and dropped while reading is paused for
 back-pressure, so a slow consumer never trips it. It measured faster than
-wrapping every read in ``asyncio.wait_for`` (which creates a task per read);
-``iter_body(..., per_read=True)`` keeps the ``wait_for`` variant for responses
-not opened with these timeouts.
+wrapping every read in ``asyncio.wait_for`` (which creates a task per read).
 """
 from __future__ import annotations
 
@@ -92,6 +90,8 @@ __all__ = [
     "error_message",
     "snippet",
     "not_an_endpoint",
+    "restate",
+    "ssl_context_from_env",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -442,6 +442,13 @@ async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> 
     return error
 
 
+def restate(error: HTTPStatusError, message: str) -> HTTPStatusError:
+    """``error`` with ``message`` instead of its own (a provider's hint added), ``retry_after`` kept."""
+    restated = HTTPStatusError(error.url, error.status, message)
+    restated.retry_after = getattr(error, "retry_after", None)
+    return restated
+
+
 async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
     parts, size = [], 0
     async for chunk in response.content.iter_any():
@@ -471,7 +478,7 @@ async def open_post(
     released if it was read to the end, else closed (so an abandoned or
     cancelled stream really closes its connection at once).
     """
-    secrets = tuple(secrets) + collect_secrets(headers, proxy)
+    secrets = collect_secrets(headers, proxy, extra=secrets)
     ctx = ssl_context_from_env()  # per request too, so a shared session honours SSL_CERT_FILE
     try:
         response = await session.post(
@@ -508,7 +515,7 @@ async def post_json(
 
     A non-JSON answer raises :class:`NotAnEndpointError` naming URL and content type.
     """
-    secrets = tuple(secrets) + collect_secrets(headers, proxy)
+    secrets = collect_secrets(headers, proxy, extra=secrets)
     async with open_post(session, url, json=json, headers=headers, proxy=proxy,
                          timeouts=timeouts, secrets=secrets) as response:
         try:
@@ -542,31 +549,20 @@ async def iter_body(
     timeouts: Timeouts = Timeouts(),
     *,
     first: bytes = b"",
-    per_read: bool = False,
 ) -> AsyncIterator[bytes]:
     """The body's bytes as they arrive (``first``, if given, comes first).
 
-    The idle timeout is aiohttp's ``sock_read`` (set by :func:`open_post`); with
-    ``per_read=True`` each read is also wrapped in ``asyncio.wait_for(..., timeouts.read)``,
-    for responses opened elsewhere. Raises :class:`StreamTimeoutError` when no
+    The idle timeout is aiohttp's ``sock_read`` (set by :func:`open_post`;
+    ``timeouts`` only names it in messages). Raises :class:`StreamTimeoutError` when no
     byte came for ``timeouts.read`` seconds and :class:`TruncatedStreamError`
     (``partial=""``: the caller knows the text so far) when the connection broke.
     A clean end of the body just ends the iteration.
     """
     if first:
         yield first
-    content = response.content
     try:
-        if per_read and timeouts.read:
-            read, limit = content.readany, timeouts.read
-            while True:
-                chunk = await asyncio.wait_for(read(), limit)
-                if not chunk:
-                    return
-                yield chunk
-        else:
-            async for chunk in content.iter_any():
-                yield chunk
+        async for chunk in response.content.iter_any():
+            yield chunk
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
         # (3.11+: asyncio.TimeoutError is TimeoutError; StreamTimeoutError is never raised inside.)
         raise StreamTimeoutError(

@@ -47,11 +47,13 @@ import json
 import os
 import random
 import string
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Optional
 
+# Only the errors that need no aiohttp: importing this module stays cheap (the
+# registry lists providers without a request); HTTPStatusError and .http are
+# imported where a request is made.
 from ..errors import (
-    HTTPStatusError,
     NotAnEndpointError,
     ServerError,
     SSEDecodeError,
@@ -61,6 +63,9 @@ from ..errors import (
     redact,
 )
 from .base import AsyncGeneratorProvider, Messages, Reply, ReplyStream, Usage
+
+if TYPE_CHECKING:
+    from ..errors import HTTPStatusError
 
 __all__ = ["Opchatgpts", "SUBMIT_PATH", "SESSION_PATH", "random_chat_id", "validate_messages"]
 
@@ -101,9 +106,9 @@ def validate_messages(messages: Any) -> None:
 
 
 def _snippet(line: str) -> str:
-    if len(line) <= LINE_SNIPPET:
-        return repr(line)
-    return f"{line[:LINE_SNIPPET]!r}... ({len(line)} chars)"
+    from .http import snippet
+
+    return repr(snippet(line, LINE_SNIPPET))
 
 
 @dataclass
@@ -117,7 +122,7 @@ class _Request:
     nonce: Optional[str]  # None, "auto" or the nonce itself
     session: Any
     timeouts: Any
-    secrets: tuple = field(default_factory=tuple)
+    secrets: tuple = ()
 
 
 class Opchatgpts(AsyncGeneratorProvider):
@@ -235,7 +240,7 @@ class Opchatgpts(AsyncGeneratorProvider):
             nonce=nonce,
             session=kwargs.get("session"),
             timeouts=Timeouts.from_kwargs(kwargs, pop=False),
-            secrets=collect_secrets(headers, proxy, extra=(nonce if nonce != "auto" else None,)),
+            secrets=collect_secrets(headers, proxy),  # a given nonce is in headers as X-WP-Nonce
         )
 
     @classmethod
@@ -271,6 +276,7 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     @classmethod
     async def _stream(cls, model, messages, proxy, reply: Reply, **kwargs) -> AsyncIterator[str]:
+        from ..errors import HTTPStatusError
         from ..sse import aiter_events
         from .http import is_event_stream, iter_body, open_post, session_scope
 
@@ -297,9 +303,9 @@ class Opchatgpts(AsyncGeneratorProvider):
                     body = iter_body(response, url, req.timeouts, first=first)
                     events = aiter_events(body)
                     # The hot loop. Per event: one JSON parse, a "type" check, a yield;
-                    # everything unusual leaves the fast path.
+                    # everything unusual leaves the fast path. What was yielded is on
+                    # reply.chunks (ReplyStream appends each chunk before asking for the next).
                     scan = _scan_once
-                    streamed = False
                     ignored = None
                     try:
                         async for event in events:
@@ -318,14 +324,12 @@ class Opchatgpts(AsyncGeneratorProvider):
                             if kind == "live":
                                 text = obj.get("data")
                                 if text.__class__ is str and "subtype" not in obj:
-                                    streamed = True
                                     yield text
                                     continue
                                 if not isinstance(text, str):
                                     raise cls._bad_live(data, url, secrets)
                                 subtype = obj.get("subtype")
                                 if subtype is None or subtype == "content":
-                                    streamed = True
                                     yield text
                                     continue
                                 ignored = cls._count(ignored, f"live/{subtype}")
@@ -337,7 +341,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                                 reply.usage = Usage.from_dict(final.get("usage"))
                                 reply.complete = True
                                 text = final.get("reply")
-                                if not streamed and isinstance(text, str) and text:
+                                if not reply.chunks and isinstance(text, str) and text:
                                     yield text
                                 return
                             elif kind == "error":
@@ -349,7 +353,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                         await body.aclose()
                     raise TruncatedStreamError(
                         f"the stream from {url} ended before its end event: the reply is incomplete"
-                        + (f" ({len(reply.chunks)} chunks received)" if streamed else " (no text received)"),
+                        + (f" ({len(reply.chunks)} chunks received)" if reply.chunks else " (no text received)"),
                         partial=reply.text,
                     )
         except HTTPStatusError as exc:
@@ -363,27 +367,19 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     # ---------------------------------------------------------------- the slow paths
 
-    @classmethod
-    def _decode_slow(cls, data: str, url: str, secrets: tuple) -> "tuple[dict, Any]":
-        """(object, type) of a data line the fast path did not take, or the StreamError."""
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and obj.get("type") is not None:
-            return obj, obj["type"]
-        raise cls._bad_line(data, url, secrets)
-
     @staticmethod
-    def _bad_line(data: str, url: str, secrets: tuple) -> StreamError:
-        line = redact(data, secrets)
+    def _decode_slow(data: str, url: str, secrets: tuple) -> "tuple[dict, Any]":
+        """(object, type) of a data line the fast path did not take; else raises the StreamError."""
         try:
             obj = json.loads(data)
         except ValueError:
             what = "is not JSON"
         else:
+            if isinstance(obj, dict) and obj.get("type") is not None:
+                return obj, obj["type"]
             what = "has no \"type\"" if isinstance(obj, dict) else f"is JSON {type(obj).__name__}, not an object"
-        return StreamError(f"broken stream from {url}: a data line {what}: {_snippet(line)}", line=line)
+        line = redact(data, secrets)
+        raise StreamError(f"broken stream from {url}: a data line {what}: {_snippet(line)}", line=line)
 
     @staticmethod
     def _count(ignored: Optional[dict], key: str) -> dict:
@@ -426,13 +422,15 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     @staticmethod
     def _status_hint(exc: HTTPStatusError, req: _Request) -> HTTPStatusError:
+        from .http import restate
+
         if exc.status in (401, 403) and "nonce" in str(exc.message).lower():
             hint = (
                 " - this site wants a REST nonce: pass nonce='auto'" if req.nonce is None
                 else " - the nonce was refused (stale?): pass nonce='auto' for a fresh one"
                 if req.nonce != "auto" else " - even a fresh nonce from start_session was refused"
             )
-            return HTTPStatusError(exc.url, exc.status, str(exc.message) + hint)
+            return restate(exc, str(exc.message) + hint)
         return exc
 
     @classmethod
@@ -460,7 +458,7 @@ class Opchatgpts(AsyncGeneratorProvider):
         try:
             answer = json.loads(raw)
         except ValueError:
-            raise not_an_endpoint(url, response, raw[:2048], secrets, expected="a JSON answer or a") from None
+            answer = None
         if not isinstance(answer, dict):
             raise not_an_endpoint(url, response, raw[:2048], secrets, expected="a JSON answer or a")
         if answer.get("success") is False:

@@ -66,15 +66,12 @@ from ..errors import (
     NotAnEndpointError,
     ServerError,
     StreamError,
-    StreamTimeoutError,
     TruncatedStreamError,
     redact,
 )
 from ..sse import DEFAULT_MAX_LINE_BYTES, EventDecoder, LineDecoder
 from .base import AsyncGeneratorProvider, Usage
 from .http import (
-    session_scope,
-    ssl_context_from_env,
     MAX_JSON_BODY,
     Timeouts,
     collect_secrets,
@@ -84,6 +81,8 @@ from .http import (
     open_post,
     read_body,
     read_first,
+    restate,
+    session_scope,
     sniff,
     snippet,
 )
@@ -95,7 +94,6 @@ __all__ = [
     "LMStudio",
     "VLLM",
     "OPENAI_DEFAULT_BASE_URL",
-    "ssl_context_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,8 +125,6 @@ class _ModelDefault:
 
     def __get__(self, obj, owner) -> str:
         return os.environ.get(MODEL_ENV, "").strip() or (owner.fallback_model or "")
-
-
 
 
 # ---------------------------------------------------------------- the provider
@@ -275,7 +271,7 @@ def _explain_status(exc: HTTPStatusError, base_url: str, secrets) -> HTTPStatusE
     elif exc.status == 404 and not base_url.endswith("/v1"):
         message = (f"{message}. Is the base URL complete? OpenAI-compatible servers usually "
                    f"serve under /v1 (e.g. {base_url}/v1).")
-    return HTTPStatusError(exc.url, exc.status, message)
+    return restate(exc, message)
 
 
 def _error_text(error: Any, secrets) -> str:
@@ -310,19 +306,18 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
     finish_reason = None
     parts = reply.chunks  # the ReplyStream appends yielded text here: the partial text on truncation
 
-    def parse(event) -> Optional[dict]:
+    def parse(event) -> dict:
         data = event.data
         try:
             obj = loads(data)
         except ValueError:
-            raise StreamError(
-                f"{url} sent an event whose data is not JSON: {redact(snippet(data, 200), secrets)!r}",
-                line=redact(data, secrets),
-            ) from None
-        if not isinstance(obj, dict):
-            raise StreamError(f"{url} sent an event that is not a JSON object: {redact(snippet(data, 200), secrets)!r}",
-                              line=redact(data, secrets))
-        return obj
+            what = "whose data is not JSON"
+        else:
+            if isinstance(obj, dict):
+                return obj
+            what = "that is not a JSON object"
+        raise StreamError(f"{url} sent an event {what}: {redact(snippet(data, 200), secrets)!r}",
+                          line=redact(data, secrets))
 
     async for chunk in chunks:
         for line in decode_lines(chunk):
@@ -396,14 +391,10 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
 
 async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncIterator[str]:
     """A whole ``chat.completion`` JSON object instead of a stream."""
-    try:
-        body = first + await read_body(response, MAX_JSON_BODY - len(first))
+    try:  # network failures typed by iter_body: StreamTimeoutError, TruncatedStreamError
+        body = await read_body(response, MAX_JSON_BODY, first, url=url, timeouts=timeouts)
     except ValueError:
         raise NotAnEndpointError(f"{url} answered with more than {MAX_JSON_BODY} bytes of JSON") from None
-    except asyncio.TimeoutError:  # before ClientConnectionError: aiohttp's ServerTimeoutError is both
-        raise StreamTimeoutError(f"no bytes from {url} for read_timeout={timeouts.read}s") from None
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
-        raise TruncatedStreamError(f"the JSON answer from {url} broke off", partial="") from None
     try:
         obj = json.loads(body)
     except ValueError:
@@ -435,33 +426,32 @@ async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncI
 # ---------------------------------------------------------------- local servers
 
 
-class Ollama(OpenAICompatible):
+class _LocalServer(OpenAICompatible):
+    """A local server: no fallback model name; the model comes from ``GET /models``."""
+
+    fallback_model = None
+    discover_model = True
+
+
+class Ollama(_LocalServer):
     """Ollama's OpenAI-compatible endpoint (``ollama serve``)."""
 
     url = "http://127.0.0.1:11434/v1"
-    fallback_model = None
-    discover_model = True
 
 
-class LlamaCpp(OpenAICompatible):
+class LlamaCpp(_LocalServer):
     """llama.cpp's ``llama-server`` (any model name is accepted; it serves the one it loaded)."""
 
     url = "http://127.0.0.1:8080/v1"
-    fallback_model = None
-    discover_model = True
 
 
-class LMStudio(OpenAICompatible):
+class LMStudio(_LocalServer):
     """LM Studio's local server."""
 
     url = "http://127.0.0.1:1234/v1"
-    fallback_model = None
-    discover_model = True
 
 
-class VLLM(OpenAICompatible):
+class VLLM(_LocalServer):
     """vLLM's OpenAI-compatible server (``vllm serve MODEL``)."""
 
     url = "http://127.0.0.1:8000/v1"
-    fallback_model = None
-    discover_model = True

@@ -143,7 +143,7 @@ class _Entry:
 
 _lock = threading.RLock()
 _registered: Dict[str, _Entry] = {}
-_builtins: Dict[str, _Entry] = {}
+_builtins: Dict[str, _Entry] = {name: _Entry(name, target, "builtin") for name, target in BUILTINS.items()}
 _entry_points: Optional[Dict[str, _Entry]] = None  # None until scanned
 
 
@@ -185,8 +185,6 @@ def _entries() -> Dict[str, _Entry]:
     with _lock:
         if _entry_points is None:
             _entry_points = _scan_entry_points()
-        for name, target in BUILTINS.items():
-            _builtins.setdefault(name, _Entry(name, target, "builtin"))
         merged: Dict[str, _Entry] = dict(_entry_points)
         merged.update(_builtins)
         merged.update(_registered)
@@ -315,8 +313,7 @@ def available() -> List[ProviderInfo]:
 
 
 def _cell(value: object) -> str:
-    text = str(value).replace("\n", " ").replace("|", "\\|")
-    return text
+    return str(value).replace("\n", " ").replace("|", "\\|")
 
 
 def providers_table() -> str:
@@ -344,7 +341,7 @@ def providers_table() -> str:
                 yes(info.supports_gpt_35_turbo),
                 _cell(info.default_model)
                 or ("first of GET /models" if getattr(info.cls, "discover_model", False) else ""),
-                _cell(info.url) or "",
+                _cell(info.url),
                 _cell(info.source),
             )
         )
