@@ -21,6 +21,7 @@ __all__ = [
     "HTTPStatusError",
     "StoppedError",
     "ThreadBusyError",
+    "ImagesNotSupportedError",
     "redact",
 ]
 
@@ -98,6 +99,10 @@ class StoppedError(OpchatError):
 
 class ThreadBusyError(OpchatError):
     """A turn is already streaming on this thread; one at a time keeps history in order."""
+
+
+class ImagesNotSupportedError(OpchatError):
+    """The message carries images and the provider's endpoint takes text only; nothing was sent."""
 
 
 # HTTPStatusError subclasses aiohttp's ClientResponseError, and importing aiohttp

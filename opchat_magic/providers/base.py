@@ -121,6 +121,7 @@ class AsyncGeneratorProvider:
     supports_stream: bool = True
     supports_message_history: bool = False
     supports_gpt_35_turbo: bool = False
+    supports_images: bool = False  # takes OpenAI image_url content parts (opchat_magic.images)
     default_model: str = ""
 
     @classmethod

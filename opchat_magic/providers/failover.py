@@ -299,6 +299,7 @@ def failover_provider(providers: Sequence[ProviderSpec], **options: Any) -> Type
         supports_stream = all(getattr(c, "supports_stream", False) for c in classes)
         supports_message_history = all(getattr(c, "supports_message_history", False) for c in classes)
         supports_gpt_35_turbo = all(getattr(c, "supports_gpt_35_turbo", False) for c in classes)
+        supports_images = all(getattr(c, "supports_images", False) for c in classes)
         default_model = ""  # each provider's own default
         provider_names = tuple(labels)
 

@@ -105,6 +105,21 @@ def validate_messages(messages: Any) -> None:
                 raise TypeError(f"messages[{i}][{key!r}] must be a str, not {type(message[key]).__name__}")
 
 
+def _refuse_images(messages: Any) -> None:
+    """AI Engine's chat endpoint takes text only: say so before anything is sent."""
+    from ..images import count_images
+
+    count = count_images(messages) if isinstance(messages, (list, tuple)) else 0
+    if count:
+        from ..errors import ImagesNotSupportedError
+
+        raise ImagesNotSupportedError(
+            f"AI Engine's chat endpoint (provider opchatgpts) takes text only, and this conversation carries "
+            f"{count} image{'s' if count > 1 else ''}: nothing was sent. Send images to an OpenAI-compatible "
+            "vision model (-p openai, with OPENAI_BASE_URL pointing at it), or leave the images out."
+        )
+
+
 def _snippet(line: str) -> str:
     from .http import snippet
 
@@ -208,6 +223,7 @@ class Opchatgpts(AsyncGeneratorProvider):
     def _prepare(cls, messages: Messages, proxy: Optional[str], kwargs: dict) -> _Request:
         from .http import Timeouts, collect_secrets
 
+        _refuse_images(messages)
         validate_messages(messages)
         base = cls.resolve_url(kwargs.get("url"))
         bot_id = kwargs.get("bot_id", "default")

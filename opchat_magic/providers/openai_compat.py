@@ -139,6 +139,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
     supports_stream = True
     supports_message_history = True
     supports_gpt_35_turbo = True
+    supports_images = True  # user messages may carry image_url content parts (vision models)
     fallback_model: Optional[str] = "gpt-4o-mini"
     default_model = _ModelDefault()
     # Ask GET {base_url}/models for a model when none is given or configured.
