@@ -18,7 +18,7 @@ from opchat_magic.images import (
 )
 from opchat_magic.providers.opchatgpts import Opchatgpts
 from opchat_magic.providers.openai_compat import OpenAICompatible
-from opchat_magic.server import LocalServer
+from opchat_magic.server import LocalServer, reply_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,7 +140,8 @@ async def test_openai_compatible_sends_image_parts(server):
     messages = [{"role": "user", "content": message_content("What does this plot show?", [image])}]
     stream = OpenAICompatible.create_async_generator("opchat-local", messages, base_url=server.openai_base_url)
     text = "".join([chunk async for chunk in stream])
-    assert text and stream.reply.complete
+    assert text == reply_text(messages) and stream.reply.complete
+    assert text.endswith("The last message carries 1 image: image/png.")
     body = server.stats.last_body
     sent = body["messages"][-1]["content"]
     assert sent[0] == {"type": "text", "text": "What does this plot show?"}

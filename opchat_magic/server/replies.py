@@ -7,8 +7,9 @@ strings, so the format lives in one place:
 
       Echo: <last user message, directives removed, stripped>
 
-      This conversation has <N> message<s>.
+      This conversation has <N> message<s>.[ The last message carries <K> image<s>: <mime>, ...]
 
+  (the bracketed part only when the last user message has ``image_url`` parts).
   ``N`` is ``len(messages)`` as received; "message" is singular only for N == 1.
   The echoed text is ``new_message`` when given (the AI Engine ``newMessage``),
   otherwise the content of the last message whose role is ``user``. OpenAI
@@ -187,7 +188,22 @@ def compose(messages: Any, new_message: Optional[str] = None, *, chunk_size: int
         return long_text(directives.words), directives
     count = len(messages) if isinstance(messages, list) else 0
     noun = "message" if count == 1 else "messages"
-    return f"Echo: {echo}\n\nThis conversation has {count} {noun}.", directives
+    seen = "" if new_message is not None else _images_seen(messages)
+    return f"Echo: {echo}\n\nThis conversation has {count} {noun}.{seen}", directives
+
+
+def _images_seen(messages: Any) -> str:
+    """" It carries N image(s): image/png, ..." for the last user message's image parts, else ""."""
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            parts = [p for p in content if isinstance(p, dict) and p.get("type") == "image_url"] \
+                if isinstance(content, list) else []
+            if not parts:
+                return ""
+            kinds = [str((p.get("image_url") or {}).get("url", ""))[5:].split(";", 1)[0] or "?" for p in parts]
+            return f" The last message carries {len(parts)} image{'s' if len(parts) > 1 else ''}: {', '.join(kinds)}."
+    return ""
 
 
 def echo_history(*texts: str) -> list:
