@@ -16,6 +16,27 @@ from typing import Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
+SERVE_DESCRIPTION = """\
+Run the local chat server: an echo server, not a model. It speaks the AI Engine
+chatbot protocol and the OpenAI chat-completions API the way the real servers
+do, and its replies are deterministic: "Echo: <your message>" and "This
+conversation has N messages." (N = the messages it received). Use it offline,
+for demos and as a test peer; for a real model see the README (Ollama, llama.cpp)."""
+
+# The [[...]] directives of opchat_magic/server/replies.py, for users.
+SERVE_EPILOG = """\
+directives (write them anywhere in a message; they are removed from the echo):
+  [[words:N]]     a Markdown reply of exactly N words (headings, lists, code)
+  [[chunks:N]]    exactly N chunks of such text
+  [[chunk:K]]     K characters per chunk for this request
+  [[delay:S]]     S seconds between chunks for this request (0 allowed)
+  [[html]]        a hostile reply (script, onerror image, javascript: link)
+  [[fault:NAME]]  inject fault NAME into this request (see --list-faults)
+  [[huge:N]]      size in bytes of the huge_line fault's event
+
+example message: Show me a long answer. [[words:300]] [[delay:0.05]]
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opchat-magic", description="Streaming chat models in Jupyter.")
@@ -25,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the local AI Engine + OpenAI-compatible server",
-        description="Run the local chat server (deterministic echo replies, optional fault injection).",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else is reachable from the network)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
