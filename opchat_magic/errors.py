@@ -81,6 +81,7 @@ class EndpointUnreachableError(OpchatError, ConnectionError):
 
     def __init__(self, url: str, reason: str = ""):
         self.url = url
+        self.reason = reason  # "connection refused", "DNS lookup failed for 'host'", ...
         msg = f"No chat endpoint answered at {url}" + (f" ({reason})" if reason else "") + ".\n" + ENDPOINT_HINT
         super().__init__(msg)
 
