@@ -14,6 +14,8 @@ __all__ = [
     "StreamError",
     "SSEDecodeError",
     "TruncatedStreamError",
+    "EmptyReplyError",
+    "ModelListingUnsupportedError",
     "ServerError",
     "NotAnEndpointError",
     "EndpointUnreachableError",
@@ -66,6 +68,25 @@ class TruncatedStreamError(StreamError):
     def __init__(self, message: str, partial: str = ""):
         super().__init__(message)
         self.partial = partial
+
+
+class EmptyReplyError(TruncatedStreamError):
+    """The server accepted the request (HTTP 200) and answered nothing: no text, no finish.
+
+    llama-cpp-python does this with a prompt longer than the model's context.
+    The message says so and how big the request was; ``messages``, ``chars`` and
+    ``tokens`` (a rough estimate, characters / 4) hold the figures.
+    """
+
+    def __init__(self, message: str, messages: int = 0, chars: int = 0, tokens: int = 0):
+        super().__init__(message, partial="")
+        self.messages = messages
+        self.chars = chars
+        self.tokens = tokens
+
+
+class ModelListingUnsupportedError(OpchatError):
+    """The provider's protocol has no way to list the models a server offers."""
 
 
 class ServerError(OpchatError):

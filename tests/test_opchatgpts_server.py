@@ -21,7 +21,7 @@ from opchat_magic.errors import (
 from opchat_magic.providers.base import Usage
 from opchat_magic.providers.opchatgpts import SUBMIT_PATH, Opchatgpts
 from opchat_magic.server import GOOD, LocalServer, fault_names, reply_text, split_chunks
-from opchat_magic.server.faults import HTTP_MESSAGES, OVERLOADED
+from opchat_magic.server.faults import HTTP_MESSAGES, OVERLOADED, reasoning_text
 from opchat_magic.server.replies import prompt_tokens, usage
 
 pytestmark = pytest.mark.timeout(30)
@@ -176,6 +176,12 @@ FAULTS = {
     "cr_only": _ok(lambda r, m: r.text == reply_text(m)),
     "keepalive_only": _err(TruncatedStreamError, "no text received", lambda e, m: e.partial == ""),
     "many_events": _ok(lambda r, m: len(r.chunks) == 100_000 and len(r.text) == 100_000),
+    # OpenAI-spelled faults, forced onto AI Engine by the directive
+    "bare_done": _err(StreamError, "not JSON", lambda e, m: e.line == "[DONE]"),
+    "no_usage": _ok(lambda r, m: r.text == reply_text(m) and r.usage is not None),
+    # thinking events: reasoning, kept apart from the text
+    "reasoning": _ok(lambda r, m: r.text == reply_text(m) and r.reasoning == reasoning_text(reply_text(m))),
+    "reasoning_field": _ok(lambda r, m: r.text == reply_text(m) and r.reasoning == reasoning_text(reply_text(m))),
 }
 
 

@@ -326,7 +326,19 @@ async def test_subtypes(mocked):
                            live("B", subtype=None), live("status", subtype="status"), live("C"), end("ABC")))
     chunks, reply = await run()
     assert chunks == ["A", "B", "C"]
-    assert reply.final["_ignored_events"] == {"live/thinking": 1, "live/status": 1}
+    # thinking is reasoning: kept apart from the text, not ignored
+    assert reply.text == "ABC" and reply.reasoning == "thinking..."
+    assert reply.final["_ignored_events"] == {"live/status": 1}
+
+
+async def test_thinking_is_yielded_as_reasoning_when_asked(mocked):
+    from opchat_magic.providers.base import Reasoning
+
+    serve(mocked, body=sse(live("hmm ", subtype="thinking"), live("ok", subtype="thinking"), live("A"), end("A")))
+    stream = Opchatgpts.create_async_generator("", MSGS, url=BASE, reasoning=True)
+    got = [chunk async for chunk in stream]
+    assert got == ["hmm ", "ok", "A"] and [type(c) is Reasoning for c in got] == [True, True, False]
+    assert stream.reply.text == "A" and stream.reply.reasoning == "hmm ok"
 
 
 async def test_unknown_type_ignored_and_counted(mocked):

@@ -140,13 +140,15 @@ async def test_parsing_usage_done_and_final():
     assert reply.usage == Usage(7, 3, 10)
     assert reply.final["finish_reason"] == "stop" and reply.final["done"] is True
     assert reply.final["id"] == "chatcmpl-1" and reply.final["model"] == "m-served"
-    assert reply.provider == "OpenAICompatible" and reply.model == "m1"
+    # reply.model is what the server says it used; the request's model is kept apart
+    assert reply.provider == "OpenAICompatible" and reply.model == "m-served" and reply.requested_model == "m1"
+    assert reply.endpoint == BASE + "/chat/completions" and reply.usage_reported
     assert reply.first_chunk_at is not None and reply.finished_at is not None
 
 
 async def test_events_after_done_are_ignored():
     with aioresponses() as m:
-        sse(m, chunk("a") + DONE + chunk("never"))
+        sse(m, chunk("a") + chunk(finish="stop") + DONE + chunk("never"))
         stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
         assert await collect(stream) == ["a"]
         assert stream.reply.complete
@@ -173,7 +175,7 @@ async def test_finish_chunk_without_final_blank_line_still_counts():
 
 async def test_done_without_final_blank_line_completes():
     with aioresponses() as m:
-        sse(m, chunk("a") + b"data: [DONE]\n")
+        sse(m, chunk("a") + chunk(finish="stop") + b"data: [DONE]\n")
         stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
         assert await collect(stream) == ["a"]
     assert stream.reply.complete
@@ -234,7 +236,7 @@ async def test_broken_json_is_stream_error_with_line():
 async def test_crlf_comments_and_multiline_data():
     body = (
         b": keep-alive\r\n\r\n"
-        b'data: {"choices":[{"index":0,\r\ndata: "delta":{"content":"x"}}]}\r\n\r\n'
+        b'data: {"choices":[{"index":0,\r\ndata: "delta":{"content":"x"},"finish_reason":"stop"}]}\r\n\r\n'
         b"data: [DONE]\r\n\r\n"
     )
     with aioresponses() as m:
@@ -434,7 +436,7 @@ async def test_env_config_reaches_the_request(monkeypatch):
         await collect(stream)
         kw = sent(m)
     assert kw["headers"]["Authorization"] == "Bearer env-key-openai"
-    assert kw["json"]["model"] == "env-model" and stream.reply.model == "env-model"
+    assert kw["json"]["model"] == "env-model" and stream.reply.requested_model == "env-model"
 
 
 async def test_alias_discovers_model_from_models_endpoint():
@@ -444,7 +446,7 @@ async def test_alias_discovers_model_from_models_endpoint():
         sse(m, GOOD_STREAM, repeat=True)
         stream = VLLM.create_async_generator("", MESSAGES, base_url=BASE)
         await collect(stream)
-        assert stream.reply.model == "served-a"
+        assert stream.reply.requested_model == "served-a"
         stream = VLLM.create_async_generator(None, MESSAGES, base_url=BASE)
         await collect(stream)  # cached: /models asked once
         assert len(m.requests[("GET", URL(BASE + "/models"))]) == 1
@@ -460,3 +462,84 @@ async def test_json_answer_after_leading_whitespace():
         stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
         assert await collect(stream) == ["ok"]
     assert stream.reply.complete and stream.reply.usage is None
+
+
+# ---------------------------------------------------------------- reasoning, finish, usage details
+
+
+def delta_event(delta: dict, finish=None, **top) -> bytes:
+    obj = {"id": "c", "model": "m-served", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **top}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+async def test_reasoning_spellings_and_reasoning_tokens():
+    from opchat_magic.providers.base import Reasoning
+
+    body = (
+        delta_event({"role": "assistant", "content": None, "reasoning_content": "a "})
+        + delta_event({"reasoning": "b "})
+        + delta_event({"thinking": "c"})
+        + delta_event({"content": "X", "reasoning_content": None})
+        + chunk(finish="stop")
+        + chunk(choices=False, usage={"prompt_tokens": 3, "completion_tokens": 9,
+                                      "completion_tokens_details": {"reasoning_tokens": 5}})
+        + DONE
+    )
+    with aioresponses() as m:
+        sse(m, body)
+        stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE, reasoning=True)
+        got = await collect(stream)
+    assert got == ["a ", "b ", "c", "X"] and [type(g) is Reasoning for g in got] == [True, True, True, False]
+    assert stream.reply.text == "X" and stream.reply.reasoning == "a b c"
+    assert stream.reply.usage.reasoning_tokens == 5 and stream.reply.usage.total_tokens == 12
+
+
+async def test_reasoning_in_the_unterminated_last_event_and_in_a_json_answer():
+    body = delta_event({"content": "A"}) + delta_event({"reasoning_content": "late"}, finish="stop")[:-1]
+    with aioresponses() as m:
+        sse(m, body)
+        stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
+        assert await collect(stream) == ["A"]
+    assert stream.reply.reasoning == "late" and stream.reply.complete
+    answer = {"id": "x", "model": "m-json", "choices": [{"index": 0, "finish_reason": "stop",
+              "message": {"role": "assistant", "content": "B", "reasoning_content": "why"}}]}
+    with aioresponses() as m:
+        m.post(BASE + "/chat/completions", payload=answer)
+        stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
+        assert await collect(stream) == ["B"]
+    assert stream.reply.reasoning == "why" and stream.reply.model == "m-json" and stream.reply.finish_reason == "stop"
+
+
+async def test_stream_without_any_finish_is_cut_off_not_complete():
+    with aioresponses() as m:
+        sse(m, chunk("par") + chunk("tial") + DONE)
+        stream = OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE)
+        got = []
+        with pytest.raises(TruncatedStreamError, match="cut the reply off") as err:
+            async for text in stream:
+                got.append(text)
+    assert got == ["par", "tial"] and err.value.partial == "partial" and not stream.reply.complete
+
+
+async def test_role_only_stream_ending_in_done_is_an_empty_reply():
+    from opchat_magic.errors import EmptyReplyError
+
+    with aioresponses() as m:
+        sse(m, chunk("", role="assistant") + DONE)
+        with pytest.raises(EmptyReplyError, match="2 messages"):
+            await collect(OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE))
+
+
+async def test_failover_passes_reasoning_through():
+    from opchat_magic.providers.base import Reasoning
+    from opchat_magic.providers.failover import stream_with_failover
+
+    body = delta_event({"reasoning_content": "r"}) + delta_event({"content": "t"}, finish="stop") + DONE
+    for wanted, expected in ((True, ["r", "t"]), (False, ["t"])):
+        with aioresponses() as m:
+            sse(m, body)
+            stream = stream_with_failover([(OpenAICompatible, {"base_url": BASE})], "m1", MESSAGES, reasoning=wanted)
+            got = await collect(stream)
+        assert got == expected and (type(got[0]) is Reasoning) == wanted
+        assert stream.reply.reasoning == "r" and stream.reply.text == "t"
+        assert stream.reply.endpoint == BASE + "/chat/completions" and stream.reply.model == "m-served"

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from opchat_magic.errors import (
+    EmptyReplyError,
     EndpointUnreachableError,
     HTTPStatusError,
     NotAnEndpointError,
@@ -175,8 +176,8 @@ def _expected_prefix(messages):
         ("invalid_utf8", SSEDecodeError, ""),
         ("disconnect", TruncatedStreamError, ""),
         ("reset", TruncatedStreamError, ""),
-        ("no_end", TruncatedStreamError, "without [DONE]"),
-        ("empty_body", TruncatedStreamError, "without [DONE]"),
+        ("no_end", TruncatedStreamError, "cut the reply off"),
+        ("empty_body", EmptyReplyError, "exceeds the model's context window"),
     ],
 )
 async def test_stream_faults_raise_typed_errors_keeping_partial(server, fault, error, fragment):

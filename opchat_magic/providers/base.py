@@ -4,6 +4,13 @@ Providers are async generators of text, as in gpt4free: ``async for text in
 Provider.create_async_generator(model, messages)``. What arrives at the end of a
 stream (the whole reply, token usage) is kept on ``stream.reply``, so callers that
 want it read it after the loop without changing the plain ``async for`` use.
+
+Reasoning ("thinking") text is a :class:`Reasoning` chunk, a ``str`` subclass.
+Providers always produce it; the stream hands it to the caller only when asked
+with ``reasoning=True`` (the turn driver does, to show it apart). By default the
+stream yields answer text only, as the original provider did, and the
+reasoning is kept on ``reply.reasoning`` either way. Reasoning is never part of
+``reply.text``, so it never enters the history sent with the next request.
 """
 from __future__ import annotations
 
@@ -14,6 +21,16 @@ from typing import Any, AsyncIterator, Iterator, Optional
 Messages = list  # list[dict[str, str]]: [{"role": "user", "content": "..."}]
 
 
+class Reasoning(str):
+    """A chunk of the model's reasoning ("thinking"), not of its answer.
+
+    OpenAI-compatible servers send it as ``delta.reasoning_content`` /
+    ``delta.reasoning``; AI Engine as ``live`` events with subtype ``thinking``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass
 class Usage:
     """Token counts, as the server reported them (None where it did not)."""
@@ -21,6 +38,9 @@ class Usage:
     prompt_tokens: Optional[int] = None
     completion_tokens: Optional[int] = None
     total_tokens: Optional[int] = None
+    # Of completion_tokens, how many were reasoning (OpenAI's
+    # usage.completion_tokens_details.reasoning_tokens; some servers put it at the top level).
+    reasoning_tokens: Optional[int] = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Optional["Usage"]:
@@ -32,6 +52,10 @@ class Usage:
             return value if isinstance(value, int) and not isinstance(value, bool) else None
 
         usage = cls(num("prompt_tokens"), num("completion_tokens"), num("total_tokens"))
+        details = data.get("completion_tokens_details")
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else data.get("reasoning_tokens")
+        if isinstance(reasoning, int) and not isinstance(reasoning, bool):
+            usage.reasoning_tokens = reasoning
         if usage.total_tokens is None and None not in (usage.prompt_tokens, usage.completion_tokens):
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         return usage
@@ -42,6 +66,10 @@ class Reply:
     """One assistant reply as it streams: its chunks, and on ``end`` the final facts.
 
     Times are ``time.perf_counter()`` readings; ``None`` until they happen.
+    ``model`` starts as the model asked for and becomes the one the server says
+    it used (the chunks' ``model`` field) once it says so; ``requested_model``
+    keeps the first. ``endpoint`` is the URL the request went to, with any
+    credentials taken out (safe to show).
     """
 
     provider: str = ""
@@ -51,12 +79,31 @@ class Reply:
     usage: Optional[Usage] = None
     final: Optional[dict] = None  # the parsed end payload (or the non-streamed JSON answer)
     started_at: float = field(default_factory=time.perf_counter)
-    first_chunk_at: Optional[float] = None
+    first_chunk_at: Optional[float] = None  # the first chunk of either kind: when the user first sees something
     finished_at: Optional[float] = None
+    reasoning_chunks: list = field(default_factory=list)
+    endpoint: str = ""
+    requested_model: str = ""
+    finish_reason: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.requested_model:
+            self.requested_model = self.model
 
     @property
     def text(self) -> str:
         return "".join(self.chunks)
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning text received (never part of :attr:`text`)."""
+        return "".join(self.reasoning_chunks)
+
+    @property
+    def usage_reported(self) -> bool:
+        """Whether the server reported token counts (llama-cpp-python ignores ``stream_options``)."""
+        usage = self.usage
+        return usage is not None and (usage.prompt_tokens is not None or usage.completion_tokens is not None)
 
     @property
     def time_to_first_chunk(self) -> Optional[float]:
@@ -72,30 +119,39 @@ class ReplyStream:
 
     It wraps a provider's raw async generator. Closing it (``aclose``, or
     cancelling the task that iterates it) closes the generator, and so the
-    HTTP connection.
+    HTTP connection. :class:`Reasoning` chunks go to ``reply.reasoning_chunks``
+    and are handed on only when ``reasoning`` is true.
     """
 
-    def __init__(self, agen: AsyncIterator[str], reply: Reply):
+    def __init__(self, agen: AsyncIterator[str], reply: Reply, reasoning: bool = False):
         self._agen = agen
         self.reply = reply
+        self.reasoning = bool(reasoning)
 
     def __aiter__(self) -> "ReplyStream":
         return self
 
     async def __anext__(self) -> str:
-        try:
-            text = await self._agen.__anext__()
-        except StopAsyncIteration:
-            if self.reply.finished_at is None:
-                self.reply.finished_at = time.perf_counter()
-            raise
-        except BaseException:
-            self.reply.finished_at = time.perf_counter()
-            raise
-        if self.reply.first_chunk_at is None:
-            self.reply.first_chunk_at = time.perf_counter()
-        self.reply.chunks.append(text)
-        return text
+        reply = self.reply
+        while True:
+            try:
+                text = await self._agen.__anext__()
+            except StopAsyncIteration:
+                if reply.finished_at is None:
+                    reply.finished_at = time.perf_counter()
+                raise
+            except BaseException:
+                reply.finished_at = time.perf_counter()
+                raise
+            if reply.first_chunk_at is None:
+                reply.first_chunk_at = time.perf_counter()
+            if text.__class__ is Reasoning:
+                reply.reasoning_chunks.append(text)
+                if not self.reasoning:
+                    continue
+                return text
+            reply.chunks.append(text)
+            return text
 
     async def aclose(self) -> None:
         await self._agen.aclose()
@@ -128,8 +184,22 @@ class AsyncGeneratorProvider:
     def create_async_generator(
         cls, model: str, messages: Messages, proxy: Optional[str] = None, **kwargs: Any
     ) -> ReplyStream:
+        reasoning = kwargs.pop("reasoning", False)
         reply = Reply(provider=cls.__name__, model=model or cls.default_model)
-        return ReplyStream(cls._stream(model, messages, proxy, reply, **kwargs), reply)
+        return ReplyStream(cls._stream(model, messages, proxy, reply, **kwargs), reply, reasoning=reasoning)
+
+    @classmethod
+    async def list_models(cls, proxy: Optional[str] = None, **kwargs: Any) -> "list[str]":
+        """The model ids the provider's server offers.
+
+        Raises :class:`~opchat_magic.errors.ModelListingUnsupportedError` where the
+        protocol has no listing (the default).
+        """
+        from ..errors import ModelListingUnsupportedError
+
+        raise ModelListingUnsupportedError(
+            f"{cls.__name__} has no model listing: its protocol does not say which models a server offers."
+        )
 
     @classmethod
     def _stream(cls, model, messages, proxy, reply, **kwargs) -> AsyncIterator[str]:

@@ -193,6 +193,9 @@ def stream_with_failover(
     jitter = jitter or (lambda d: d / 2 + random.uniform(0, d / 2))
     sleep = sleep or asyncio.sleep
     reply = FailoverReply(provider="", model=model or "")
+    # Inner streams hand reasoning on; the outer stream filters it as the caller asked.
+    wants_reasoning = kwargs.pop("reasoning", False)
+    kwargs["reasoning"] = True
 
     async def run():
         deadline = time.monotonic() + max_total
@@ -229,6 +232,7 @@ def stream_with_failover(
                     # This provider answers: from here on, its errors are the caller's.
                     reply.provider = label
                     reply.model = inner.reply.model or reply.model
+                    reply.endpoint = inner.reply.endpoint
                     if first is not None:
                         yield first
                         async for text in inner:
@@ -246,13 +250,16 @@ def stream_with_failover(
             )
         raise last_exc
 
-    return ReplyStream(run(), reply)
+    return ReplyStream(run(), reply, reasoning=wants_reasoning)
 
 
 def _copy_end(src: Reply, dst: Reply) -> None:
     dst.complete = src.complete
     dst.usage = src.usage
     dst.final = src.final
+    dst.model = src.model or dst.model
+    dst.endpoint = src.endpoint
+    dst.finish_reason = src.finish_reason
 
 
 class Failover(AsyncGeneratorProvider):

@@ -78,6 +78,8 @@ __all__ = [
     "session_scope",
     "open_post",
     "post_json",
+    "get_json",
+    "open_request",
     "iter_body",
     "read_body",
     "read_first",
@@ -89,6 +91,7 @@ __all__ = [
     "collect_secrets",
     "error_message",
     "snippet",
+    "public_url",
     "not_an_endpoint",
     "restate",
     "ssl_context_from_env",
@@ -195,6 +198,24 @@ def snippet(text: str, limit: int = 200) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} chars)"
+
+
+def public_url(url: str) -> str:
+    """``url`` safe to show (a footer, a reply's metadata): no user:password, no query string.
+
+    Query strings can carry keys (``?api-key=...``); a user:password in the URL
+    is a credential too.
+    """
+    try:
+        from yarl import URL
+
+        parsed = URL(str(url))
+        if parsed.user is not None or parsed.password is not None:
+            parsed = parsed.with_user(None)
+        shown = str(parsed.with_query(None).with_fragment(None))
+        return shown + ("?..." if parsed.query_string else "")
+    except (ValueError, TypeError):
+        return re.sub(r"//[^/@]*@", "//", str(url)).split("?", 1)[0]
 
 
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
@@ -426,7 +447,7 @@ async def read_first(response: aiohttp.ClientResponse, url: str, timeouts: Timeo
     return first
 
 
-async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> HTTPStatusError:
+async def _status_error(response: aiohttp.ClientResponse, url: str, secrets, method: str = "POST") -> HTTPStatusError:
     try:
         body = await asyncio.wait_for(_read_some(response, MAX_ERROR_BODY), 10)
     except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
@@ -437,7 +458,7 @@ async def _status_error(response: aiohttp.ClientResponse, url: str, secrets) -> 
         message += f" (Retry-After: {snippet(retry_after, 40)})"
     if response.history and str(response.url) != url:
         message += f" (after a redirect to {response.url})"
-    error = HTTPStatusError(url, response.status, message)
+    error = HTTPStatusError(url, response.status, message, method)
     error.retry_after = retry_after  # read by failover's backoff; the header text as sent
     return error
 
@@ -478,11 +499,29 @@ async def open_post(
     released if it was read to the end, else closed (so an abandoned or
     cancelled stream really closes its connection at once).
     """
+    async with open_request(session, "POST", url, json=json, headers=headers, proxy=proxy,
+                            timeouts=timeouts, secrets=secrets) as response:
+        yield response
+
+
+@asynccontextmanager
+async def open_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+    headers: Optional[Mapping[str, str]] = None,
+    proxy: Optional[str] = None,
+    timeouts: Timeouts = Timeouts(),
+    secrets: Iterable[str] = (),
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """:func:`open_post` for any method (``GET /models``)."""
     secrets = collect_secrets(headers, proxy, extra=secrets)
     ctx = ssl_context_from_env()  # per request too, so a shared session honours SSL_CERT_FILE
     try:
-        response = await session.post(
-            url, json=json, headers=headers, proxy=proxy,
+        response = await session.request(
+            method, url, json=json, headers=headers, proxy=proxy,
             timeout=timeouts.client_timeout(), raise_for_status=False, ssl=ctx if ctx else True,
         )
     except asyncio.CancelledError:
@@ -491,7 +530,7 @@ async def open_post(
         raise _map_open_error(exc, url, timeouts, secrets) from None
     try:
         if response.status >= 400:
-            raise await _status_error(response, url, secrets)
+            raise await _status_error(response, url, secrets, method)
         yield response
     finally:
         if response.content.at_eof():
@@ -515,9 +554,30 @@ async def post_json(
 
     A non-JSON answer raises :class:`NotAnEndpointError` naming URL and content type.
     """
+    return await _request_json(session, "POST", url, json=json, headers=headers, proxy=proxy,
+                               timeouts=timeouts, secrets=secrets, limit=limit)
+
+
+async def get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Optional[Mapping[str, str]] = None,
+    proxy: Optional[str] = None,
+    timeouts: Timeouts = Timeouts(),
+    secrets: Iterable[str] = (),
+    limit: int = 4 << 20,
+) -> Any:
+    """GET and return the parsed JSON answer (``/models``); errors as :func:`post_json`."""
+    return await _request_json(session, "GET", url, headers=headers, proxy=proxy,
+                               timeouts=timeouts, secrets=secrets, limit=limit)
+
+
+async def _request_json(session, method, url, *, json=None, headers=None, proxy=None,
+                        timeouts=Timeouts(), secrets=(), limit=1 << 20) -> Any:
     secrets = collect_secrets(headers, proxy, extra=secrets)
-    async with open_post(session, url, json=json, headers=headers, proxy=proxy,
-                         timeouts=timeouts, secrets=secrets) as response:
+    async with open_request(session, method, url, json=json, headers=headers, proxy=proxy,
+                            timeouts=timeouts, secrets=secrets) as response:
         try:
             body = await read_body(response, limit, url=url, timeouts=timeouts)
         except ValueError:

@@ -12,7 +12,8 @@ Stream rules (one ``data:`` line of JSON per event):
 event                                   what happens
 ======================================  =========================================================
 ``live``, no ``subtype`` or ``content``  its ``data`` string is yielded
-``live`` with another subtype           ignored (``thinking``, ``status``, ``debug``...), counted
+``live`` with subtype ``thinking``       a :class:`Reasoning` chunk (see ``providers/base.py``)
+``live`` with another subtype           ignored (``status``, ``debug``...), counted
 ``end``                                 its ``data`` (a JSON string, or an object) becomes
                                         ``reply.final``; ``reply.usage`` and ``reply.complete``
                                         are set and reading stops. If no text was streamed,
@@ -62,7 +63,7 @@ from ..errors import (
     TruncatedStreamError,
     redact,
 )
-from .base import AsyncGeneratorProvider, Messages, Reply, ReplyStream, Usage
+from .base import AsyncGeneratorProvider, Messages, Reasoning, Reply, ReplyStream, Usage
 
 if TYPE_CHECKING:
     from ..errors import HTTPStatusError
@@ -288,6 +289,16 @@ class Opchatgpts(AsyncGeneratorProvider):
             )
         return nonce
 
+    @classmethod
+    async def list_models(cls, proxy: Optional[str] = None, **kwargs: Any) -> "list[str]":
+        """AI Engine has no model listing: the site's chatbot (``bot_id``) decides the model."""
+        from ..errors import ModelListingUnsupportedError
+
+        raise ModelListingUnsupportedError(
+            "AI Engine's chat endpoint has no model listing: the WordPress site's chatbot settings "
+            "(bot_id) choose the model, and the request's model argument is not sent."
+        )
+
     # ---------------------------------------------------------------- stream
 
     @classmethod
@@ -347,6 +358,9 @@ class Opchatgpts(AsyncGeneratorProvider):
                                 subtype = obj.get("subtype")
                                 if subtype is None or subtype == "content":
                                     yield text
+                                    continue
+                                if subtype == "thinking":
+                                    yield Reasoning(text)
                                     continue
                                 ignored = cls._count(ignored, f"live/{subtype}")
                             elif kind == "end":

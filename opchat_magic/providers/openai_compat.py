@@ -16,9 +16,24 @@ How the stream is read:
   and empty deltas are skipped.
 * ``usage`` (on any chunk; the last one wins) becomes ``reply.usage``.
 * ``finish_reason`` is kept in ``reply.final["finish_reason"]``.
-* ``[DONE]`` completes the reply. A stream that ends without ``[DONE]`` but
-  after a ``finish_reason`` is complete too (older llama.cpp omits it); one that
-  ends with neither raises :class:`TruncatedStreamError` with the partial text.
+* ``delta.reasoning_content`` (DeepSeek, vLLM), ``delta.reasoning`` (Ollama,
+  gpt-oss, newer vLLM) and ``delta.thinking`` become :class:`Reasoning` chunks:
+  on ``reply.reasoning``, handed on only to a stream opened with
+  ``reasoning=True``. Such keys on outgoing messages are dropped: reasoning is
+  never sent back.
+* The chunks' ``model`` becomes ``reply.model`` (what the server says it used);
+  ``reply.endpoint`` is the URL without credentials.
+* A reply is complete only with a ``finish_reason``. ``[DONE]`` or the end of
+  the body after one completes it (older llama.cpp omits ``[DONE]``). A stream
+  that ends without any ``finish_reason`` (llama-cpp-python cuts a running
+  stream with a bare ``data: [DONE]`` when a second request arrives) raises
+  :class:`TruncatedStreamError` saying the server cut the reply off, with the
+  partial text; one that brought no text at all (llama-cpp-python answers a
+  prompt beyond the context with HTTP 200 and an empty body) raises
+  :class:`EmptyReplyError`, which names the request's size and how to trim it.
+* ``usage.completion_tokens_details.reasoning_tokens`` becomes
+  ``reply.usage.reasoning_tokens``; ``reply.usage_reported`` says whether the
+  server reported usage at all.
 * ``{"error": {...}}`` as an event raises :class:`ServerError`; as a body with an
   HTTP status, :class:`HTTPStatusError` with the server's message. A 401 says
   which variables hold the key, never the key.
@@ -62,6 +77,7 @@ from typing import Any, AsyncIterator, Optional
 import aiohttp
 
 from ..errors import (
+    EmptyReplyError,
     HTTPStatusError,
     NotAnEndpointError,
     ServerError,
@@ -70,15 +86,17 @@ from ..errors import (
     redact,
 )
 from ..sse import DEFAULT_MAX_LINE_BYTES, EventDecoder, LineDecoder
-from .base import AsyncGeneratorProvider, Usage
+from .base import AsyncGeneratorProvider, Reasoning, Usage
 from .http import (
     MAX_JSON_BODY,
     Timeouts,
     collect_secrets,
+    get_json,
     is_event_stream,
     iter_body,
     not_an_endpoint,
     open_post,
+    public_url,
     read_body,
     read_first,
     restate,
@@ -127,6 +145,42 @@ class _ModelDefault:
         return os.environ.get(MODEL_ENV, "").strip() or (owner.fallback_model or "")
 
 
+# Delta keys that carry reasoning, by server: DeepSeek/vLLM, Ollama/gpt-oss/vLLM, others.
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+def _outgoing(message: Any) -> Any:
+    """``message`` as sent: without reasoning a server or an earlier reply attached to it."""
+    if isinstance(message, dict) and any(key in message for key in REASONING_KEYS):
+        return {k: v for k, v in message.items() if k not in REASONING_KEYS}
+    return message
+
+
+def _message_chars(message: Any) -> int:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
+
+
+def empty_reply_error(url: str, messages: list, what: str) -> EmptyReplyError:
+    """The error for an HTTP 200 answer without any text or finish: most likely the context is full."""
+    count = len(messages) if isinstance(messages, list) else 0
+    chars = sum(_message_chars(m) for m in messages) if count else 0
+    tokens = (chars + 3) // 4
+    noun = "message" if count == 1 else "messages"
+    return EmptyReplyError(
+        f"{url} answered HTTP 200 with {what}: no text and no finish_reason. The prompt probably exceeds "
+        f"the model's context window (llama.cpp servers answer an over-long prompt like this): the request "
+        f"had {count} {noun}, {chars:,} characters, about {tokens:,} tokens. Send less history: "
+        f"`%config OpchatMagics.max_history = 6` sends only the last 6 messages (max_history_chars caps "
+        f"characters), `%opchat_reset` clears the thread; or load the model with a larger context.",
+        messages=count, chars=chars, tokens=tokens,
+    )
+
+
 # ---------------------------------------------------------------- the provider
 
 
@@ -168,7 +222,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         headers: Optional[dict] = None, **options: Any,
     ) -> "tuple[dict, dict]":
         """The (headers, JSON body) of a streaming request."""
-        body: dict = {"model": model, "messages": list(messages), "stream": True}
+        body: dict = {"model": model, "messages": [_outgoing(m) for m in messages], "stream": True}
         if include_usage:
             body["stream_options"] = {"include_usage": True}
         for name in PASSTHROUGH:
@@ -200,6 +254,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         if kwargs:
             log.debug("%s ignores keyword arguments %s", cls.__name__, sorted(kwargs))
         url = base_url + "/chat/completions"
+        reply.endpoint = public_url(url)
 
         async with session_scope(session) as http:
             if not model:
@@ -207,7 +262,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 if not model and cls.discover_model:
                     model = await cls._discover(http, base_url, api_key, proxy, timeouts)
                 model = model or "default"
-                reply.model = model
+                reply.model = reply.requested_model = model
             headers, body = cls.build_request(
                 model, messages, api_key=api_key, include_usage=include_usage,
                 extra_body=extra_body, headers=extra_headers, **options,
@@ -225,11 +280,13 @@ class OpenAICompatible(AsyncGeneratorProvider):
                             async for text in _json_answer(response, url, first, timeouts, reply, secrets):
                                 yield text
                             return
+                        if kind == "empty":
+                            raise empty_reply_error(url, messages, "an empty body")
                         if kind != "sse":
                             raise not_an_endpoint(url, response, first, secrets)
                         chunks = iter_body(response, url, timeouts, first=first)
                     try:
-                        async for text in _read_events(chunks, url, reply, secrets, max_line_bytes):
+                        async for text in _read_events(chunks, url, reply, secrets, max_line_bytes, messages):
                             yield text
                     except TruncatedStreamError as exc:
                         if exc.partial or not reply.chunks:
@@ -240,6 +297,43 @@ class OpenAICompatible(AsyncGeneratorProvider):
                         await chunks.aclose()
             except HTTPStatusError as exc:
                 raise _explain_status(exc, base_url, secrets) from None
+
+    @classmethod
+    async def list_models(cls, proxy: Optional[str] = None, **kwargs: Any) -> "list[str]":
+        """The model ids ``GET {base_url}/models`` lists, in the server's order.
+
+        Same configuration keywords as a chat request (``base_url``, ``api_key``,
+        ``headers``, ``session``, timeouts). Errors are the typed ones of a chat
+        request: unreachable, HTTP status (401: which variables hold the key),
+        and :class:`NotAnEndpointError` for an answer that is not a model list.
+        """
+        timeouts = Timeouts.from_kwargs(kwargs)
+        base_url = cls.resolve_base_url(kwargs.pop("base_url", None))
+        api_key = cls.resolve_api_key(kwargs.pop("api_key", None))
+        headers = {"Accept": "application/json", **(kwargs.pop("headers", None) or {})}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        url = base_url + "/models"
+        secrets = collect_secrets(headers, proxy, extra=(api_key,))
+        async with session_scope(kwargs.pop("session", None)) as http:
+            try:
+                data = await get_json(http, url, headers=headers, proxy=proxy, timeouts=timeouts, secrets=secrets)
+            except HTTPStatusError as exc:
+                raise _explain_status(exc, base_url, secrets) from None
+        models = data.get("data") if isinstance(data, dict) else None
+        if isinstance(data, dict) and models is None and isinstance(data.get("models"), list):
+            models = data["models"]  # Ollama's native /api/tags shape, served by some proxies
+        if not isinstance(models, list):
+            raise NotAnEndpointError(
+                f"{url} answered JSON that is not a model list ({{\"data\": [{{\"id\": ...}}]}}): "
+                f"{redact(snippet(json.dumps(data), 200), secrets)!r}"
+            )
+        ids = []
+        for item in models:
+            ident = item.get("id") or item.get("name") if isinstance(item, dict) else item
+            if isinstance(ident, str) and ident:
+                ids.append(ident)
+        return ids
 
     @classmethod
     async def _discover(cls, http, base_url, api_key, proxy, timeouts) -> str:
@@ -296,8 +390,37 @@ def _final(obj: dict, final: Optional[dict]) -> dict:
     return final
 
 
-async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) -> AsyncIterator[str]:
-    """Decode the event stream and yield content; sets reply.complete / usage / final."""
+def _choice_texts(choice: Any) -> "tuple[Optional[str], Optional[str], Optional[str]]":
+    """(content, reasoning, finish_reason) of one streamed choice; None where absent."""
+    if not isinstance(choice, dict):
+        return None, None, None
+    delta = choice.get("delta")
+    content = reasoning = None
+    if isinstance(delta, dict):
+        content = delta.get("content")
+        if not (content and isinstance(content, str)):
+            content = None
+        for key in REASONING_KEYS:
+            value = delta.get(key)
+            if value and isinstance(value, str):
+                reasoning = value
+                break
+    reason = choice.get("finish_reason")
+    return content, reasoning, reason if reason and isinstance(reason, str) else None
+
+
+def _cut_off(url: str, reply, how: str) -> TruncatedStreamError:
+    text = reply.text
+    return TruncatedStreamError(
+        f"the server at {url} cut the reply off: the stream ended {how} without a finish_reason, after "
+        f"{len(text):,} characters; the reply is incomplete (llama.cpp servers end a running stream like "
+        f"this when another request arrives). Retry it.",
+        partial=text,
+    )
+
+
+async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, messages=()) -> AsyncIterator[str]:
+    """Decode the event stream and yield content (and Reasoning); sets reply.complete / usage / final."""
     lines = LineDecoder(max_line_bytes)
     events = EventDecoder()
     decode_lines = lines.decode
@@ -305,7 +428,6 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
     loads = json.loads
     final: Optional[dict] = None
     finish_reason = None
-    parts = reply.chunks  # the ReplyStream appends yielded text here: the partial text on truncation
 
     def parse(event) -> dict:
         data = event.data
@@ -320,6 +442,18 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
         raise StreamError(f"{url} sent an event {what}: {redact(snippet(data, 200), secrets)!r}",
                           line=redact(data, secrets))
 
+    def finished(done: bool):
+        nonlocal final
+        final = _final({}, final)
+        final["finish_reason"] = finish_reason
+        final["done"] = done
+        reply.final = final
+        reply.finish_reason = finish_reason
+        reply.complete = True
+
+    def nothing_came() -> bool:
+        return not reply.chunks and not reply.reasoning_chunks
+
     async for chunk in chunks:
         for line in decode_lines(chunk):
             event = decode_event(line)
@@ -327,18 +461,21 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
                 continue
             data = event.data
             if data == "[DONE]":
-                final = _final({}, final)
-                final["finish_reason"] = finish_reason
-                final["done"] = True
-                reply.final = final
-                reply.complete = True
-                return
+                if finish_reason:
+                    finished(True)
+                    return
+                if nothing_came():
+                    raise empty_reply_error(url, messages, "a bare data: [DONE]")
+                raise _cut_off(url, reply, "with a bare data: [DONE]")
             obj = parse(event)
             error = obj.get("error")
             if error is not None or event.event == "error":
                 raise ServerError(f"{url} reported an error mid-stream: {_error_text(error or obj, secrets)}")
             if final is None:
                 final = _final(obj, None)
+                model = obj.get("model")
+                if model and isinstance(model, str):
+                    reply.model = model
             choices = obj.get("choices")
             if choices:
                 choice = choices[0]
@@ -348,6 +485,12 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
                         content = delta.get("content")
                         if content and isinstance(content, str):
                             yield content
+                        else:  # off the hot path: reasoning deltas carry no content
+                            for key in REASONING_KEYS:
+                                thought = delta.get(key)
+                                if thought and isinstance(thought, str):
+                                    yield Reasoning(thought)
+                                    break
                     reason = choice.get("finish_reason")
                     if reason:
                         finish_reason = reason
@@ -361,33 +504,29 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int) ->
     for line in lines.flush():
         decode_event(line)
     event = decode_event("")
-    if event is not None and event.data == "[DONE]":
-        finish_reason = finish_reason or "stop"
-    elif event is not None:
+    bare_done = event is not None and event.data == "[DONE]"
+    if event is not None and not bare_done:
         try:
             obj = json.loads(event.data)
         except ValueError:
             obj = None  # a line cut by the close: truncation, reported below
         if isinstance(obj, dict) and obj.get("error") is None:
             for choice in (obj.get("choices") or [])[:1]:
-                if isinstance(choice, dict):
-                    delta = choice.get("delta")
-                    content = delta.get("content") if isinstance(delta, dict) else None
-                    if content and isinstance(content, str):
-                        yield content
-                    finish_reason = choice.get("finish_reason") or finish_reason
+                content, thought, reason = _choice_texts(choice)
+                if thought:
+                    yield Reasoning(thought)
+                if content:
+                    yield content
+                finish_reason = reason or finish_reason
             if obj.get("usage"):
                 reply.usage = Usage.from_dict(obj["usage"])
     if finish_reason:
-        final = _final({}, final)
-        final["finish_reason"] = finish_reason
-        reply.final = final
-        reply.complete = True
+        finished(bare_done)
         return
-    raise TruncatedStreamError(
-        f"the stream from {url} ended without [DONE] or a finish_reason: the reply is incomplete",
-        partial="".join(parts),
-    )
+    if nothing_came():
+        raise empty_reply_error(url, messages, "a bare data: [DONE]" if bare_done else (
+            "an empty body" if final is None else "events but no text"))
+    raise _cut_off(url, reply, "with a bare data: [DONE]" if bare_done else "without [DONE]")
 
 
 async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncIterator[str]:
@@ -413,12 +552,20 @@ async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncI
     content = message.get("content") if isinstance(message, dict) else None
     if choice is None or not (content is None or isinstance(content, str)):
         raise not_an_endpoint(url, response, body, secrets, expected="a chat.completion JSON or a")
+    for key in REASONING_KEYS:
+        thought = message.get(key) if isinstance(message, dict) else None
+        if thought and isinstance(thought, str):
+            yield Reasoning(thought)
+            break
     if content:
         yield content
     final = _final(obj, None)
     final["finish_reason"] = choice.get("finish_reason")
     final["usage"] = obj.get("usage")
     final["streamed"] = False
+    if isinstance(obj.get("model"), str) and obj["model"]:
+        reply.model = obj["model"]
+    reply.finish_reason = final["finish_reason"]
     reply.usage = Usage.from_dict(obj.get("usage"))
     reply.final = final
     reply.complete = True

@@ -4,8 +4,16 @@ Routes (all JSON unless streamed):
 
 * ``POST /wp-json/mwai-ui/v1/chats/submit``  AI Engine chat (PROTOCOL.md)
 * ``POST /wp-json/mwai/v1/start_session``    ``{success, sessionId, restNonce}``
-* ``POST /v1/chat/completions``              OpenAI-compatible chat
-* ``GET  /v1/models``                        one model, ``opchat-local``
+* ``POST /v1/chat/completions``              OpenAI-compatible chat (``max_tokens`` /
+  ``max_completion_tokens`` cut the reply with ``finish_reason: "length"``;
+  ``n`` other than 1 is refused with a 400)
+* ``GET  /v1/models``                        the served models (``opchat-local`` and
+  ``ServerConfig.extra_models``)
+* ``GET  /v1/models/{id}``                   one model, or a 404 ``model_not_found``
+* any other ``/v1/...``                      404 in OpenAI's error shape (``Invalid URL``)
+
+Every ``/v1`` answer carries an ``x-request-id`` header, as OpenAI's do, and
+every ``/v1`` error is OpenAI's JSON ``{"error": {message, type, param, code}}``.
 * ``GET  /_opchat/stats``                    counters; Authorization/nonce headers masked
 * ``POST /_opchat/fault``                    ``{"fault": NAME|null, "count": N|null, <knobs>}``
 * ``POST /_opchat/reset``                    zero the stats
@@ -25,7 +33,7 @@ from typing import Any, Optional
 from aiohttp import web
 
 from . import faults as faults_mod
-from .replies import compose, prompt_tokens, split_chunks
+from .replies import compose, count_tokens, prompt_tokens, split_chunks
 from .state import FAULT_TUNING, ServerState
 from .streaming import EventStream, Turn, answer
 from .wire import NONCE_INVALID, OPENAI_BAD_KEY, REJECTED, AIEngineWire, OpenAIWire, dumps
@@ -73,11 +81,16 @@ def _choose_fault(state: ServerState, directive: Optional[str], dialect: str, st
     return state.fault.take(lambda name: faults_mod.applies(name, dialect, stream))
 
 
-async def _reply(request: web.Request, endpoint: str, wire, messages: list, new_message: Optional[str], stream: bool) -> web.StreamResponse:
+async def _reply(request: web.Request, endpoint: str, wire, messages: list, new_message: Optional[str], stream: bool,
+                 max_tokens: Optional[int] = None) -> web.StreamResponse:
     """Decide the turn for a checked chat request, pick its fault (if any), and play it."""
     state = request.app[STATE]
     cfg = state.config
     text, directives = compose(messages, new_message, chunk_size=cfg.chunk_size)
+    if max_tokens is not None and count_tokens(text) > max_tokens:
+        # Tokens are ceil(characters / 4) here: max_tokens * 4 characters is the longest reply that fits.
+        text = text[: max_tokens * 4]
+        wire.finish_reason = "length"
     if directives.fault is not None and directives.fault not in faults_mod.FAULTS:
         msg = f"Unknown fault {directives.fault!r}. Known faults: {', '.join(faults_mod.fault_names())}."
         return _json(wire.error_body(400, msg), 400)
@@ -164,12 +177,41 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not messages:
-        return _json(wire.error_body(400, "'messages' must be a non-empty array."), 400)
-    if isinstance(body.get("model"), str) and body["model"]:
-        wire.model = body["model"]  # echoed back, as local servers do
+        return _json(wire.error_body(400, "'messages' must be a non-empty array.", param="messages"), 400)
+    model = body.get("model")
+    if state.config.strict_models and model not in state.config.served_models():
+        return _model_not_found(wire, model)
+    if isinstance(model, str) and model:
+        wire.model = model  # echoed back, as local servers do
+    n = body.get("n", 1)
+    if n is not None and n != 1:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            msg = f"Invalid 'n': expected an integer >= 1, got {json.dumps(n)}."
+        else:
+            msg = f"This server returns one choice per request: 'n' must be 1 (got {n})."
+        return _json(wire.error_body(400, msg, param="n", code="unsupported_value"), 400)
+    max_tokens = None
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            msg = f"Invalid '{name}': expected an integer >= 1, got {json.dumps(value)}."
+            return _json(wire.error_body(400, msg, param=name, code="invalid_value"), 400)
+        max_tokens = value if max_tokens is None else min(max_tokens, value)
     options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
     wire.include_usage = bool(options.get("include_usage"))
-    return await _reply(request, "chat_completions", wire, messages, None, bool(body.get("stream", False)))
+    return await _reply(request, "chat_completions", wire, messages, None, bool(body.get("stream", False)),
+                        max_tokens=max_tokens)
+
+
+def _model_entry(model: str) -> dict:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "opchat-magic"}
+
+
+def _model_not_found(wire, model: Any) -> web.Response:
+    msg = f"The model `{model}` does not exist or you do not have access to it."
+    return _json(wire.error_body(404, msg, param="model", code="model_not_found"), 404)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -177,8 +219,25 @@ async def models(request: web.Request) -> web.Response:
     denied = _bad_key(request)
     if denied is not None:
         return denied
-    model = request.app[STATE].config.model
-    return _json({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "opchat-magic"}]})
+    served = request.app[STATE].config.served_models()
+    return _json({"object": "list", "data": [_model_entry(m) for m in served]})
+
+
+async def model(request: web.Request) -> web.Response:
+    _record(request, "models", None)
+    denied = _bad_key(request)
+    if denied is not None:
+        return denied
+    ident = request.match_info["model"]
+    if ident not in request.app[STATE].config.served_models():
+        return _model_not_found(OpenAIWire("", ""), ident)
+    return _json(_model_entry(ident))
+
+
+async def openai_not_found(request: web.Request) -> web.Response:
+    """What OpenAI answers for a path or method it does not serve."""
+    msg = f"Invalid URL ({request.method} {request.path})"
+    return _json(OpenAIWire("", "").error_body(404, msg, code=None), 404)
 
 
 # -- admin (tests) ------------------------------------------------------------------
@@ -245,6 +304,8 @@ async def track_tasks(request: web.Request, handler):
 
 
 async def _count_status(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/v1/"):
+        response.headers.setdefault("x-request-id", "req_" + secrets.token_hex(16))
     route = request.match_info.route.name
     transport = request.transport
     # A connection we (or the client) already closed sends no status at all.
@@ -262,10 +323,12 @@ def build_app(state: ServerState) -> web.Application:
     r.add_post("/wp-json/mwai/v1/start_session", start_session, name="start_session")
     r.add_post("/v1/chat/completions", chat_completions, name="chat_completions")
     r.add_get("/v1/models", models, name="models")
+    r.add_get("/v1/models/{model:.+}", model, name="model")
     r.add_get("/_opchat/stats", stats, name="admin_stats")
     r.add_post("/_opchat/fault", set_fault, name="admin_fault")
     r.add_post("/_opchat/reset", reset_stats, name="admin_reset")
     r.add_post("/_opchat/expire_nonces", expire_nonces, name="admin_expire_nonces")
+    r.add_route("*", "/v1/{tail:.*}", openai_not_found, name="openai_not_found")
     return app
 
 

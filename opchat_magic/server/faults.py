@@ -33,7 +33,8 @@ from .replies import split_chunks, text_of_length
 from .streaming import EventStream, Turn, answer
 from .wire import dumps
 
-__all__ = ["Fault", "FAULTS", "GOOD", "fault_names", "check_fault_name", "applies", "OVERLOADED", "HTML_PAGE", "BROKEN_LINE", "HTTP_MESSAGES"]
+__all__ = ["Fault", "FAULTS", "GOOD", "fault_names", "check_fault_name", "applies", "OVERLOADED", "HTML_PAGE",
+           "BROKEN_LINE", "HTTP_MESSAGES", "reasoning_text"]
 
 GOOD = 3  # correct chunks before a mid-stream fault
 OVERLOADED = "The model is overloaded."
@@ -42,6 +43,7 @@ BROKEN_LINE = b'data: {"broken json\n\n'
 MANY_EVENTS = 100_000
 
 AIENGINE = frozenset({"aiengine"})
+OPENAI = frozenset({"openai"})
 BOTH = frozenset({"aiengine", "openai"})
 
 HTTP_MESSAGES = {
@@ -241,6 +243,64 @@ async def empty_body(request, turn, s):
     """HTTP 200, text/event-stream, and no body bytes at all."""
     await s.open()
     await s.end_early()
+
+
+@fault("bare_done", dialects=OPENAI)
+async def bare_done(request, turn, s):
+    """Every live chunk, then a bare ``data: [DONE]`` with no finish chunk (llama-cpp-python
+    cutting a running stream when a second request arrives)."""
+    await s.open()
+    await s.send_live(turn.chunks)
+    await s.write(b"data: [DONE]\n\n")
+    await s.end_early()
+
+
+@fault("no_usage", dialects=OPENAI)
+async def no_usage(request, turn, s):
+    """The correct stream without the usage chunk, whatever ``stream_options`` asked
+    (llama-cpp-python ignores ``include_usage``)."""
+    turn.wire.include_usage = False
+    return await answer(request, turn, s)
+
+
+# -- reasoning ----------------------------------------------------------------
+
+
+def reasoning_text(reply: str) -> str:
+    """The reasoning the ``reasoning*`` faults stream before the reply (tests predict it)."""
+    return f"The user wants an echo. The reply has {len(reply)} characters; I will send it as is."
+
+
+async def _reasoning_then_answer(turn, s, key: str) -> None:
+    thought = reasoning_text(turn.reply)
+    thoughts = split_chunks(thought, max(1, len(thought) // 4))
+    usage = turn.usage
+    extra = (len(thought) + 3) // 4
+    usage = {**usage, "completion_tokens": usage["completion_tokens"] + extra,
+             "total_tokens": usage["total_tokens"] + extra,
+             "completion_tokens_details": {"reasoning_tokens": extra}}
+    await s.open()
+    for piece in thoughts:
+        await s.write(turn.wire.reasoning(piece, key))
+        if turn.delay > 0:
+            await asyncio.sleep(turn.delay)
+    await s.send_live(turn.chunks)
+    await s.write(turn.wire.finish(turn.reply, usage))
+    await s.complete()
+
+
+@fault("reasoning")
+async def reasoning(request, turn, s):
+    """:func:`reasoning_text` first, as reasoning (OpenAI: ``delta.reasoning_content``; AI Engine:
+    ``live`` events with subtype ``thinking``), then the correct stream; usage counts
+    ``completion_tokens_details.reasoning_tokens``."""
+    await _reasoning_then_answer(turn, s, "reasoning_content")
+
+
+@fault("reasoning_field", dialects=OPENAI)
+async def reasoning_field(request, turn, s):
+    """As ``reasoning``, spelled ``delta.reasoning`` (Ollama, gpt-oss on vLLM)."""
+    await _reasoning_then_answer(turn, s, "reasoning")
 
 
 # -- timing -------------------------------------------------------------------

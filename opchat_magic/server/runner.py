@@ -61,7 +61,10 @@ class LocalServer:
       trickle_interval   seconds between bytes for ``trickle``
       keepalive_interval seconds between comments for ``keepalive_only``
       max_hang           bound in seconds for ``no_headers`` / ``keepalive_only``
-      model              the model name ``/v1/models`` lists
+      model              the model name ``/v1/models`` lists (first)
+      extra_models       more model ids ``/v1/models`` lists
+      strict_models      refuse chat requests for unlisted models (OpenAI's 404); by
+                         default any name is accepted and echoed, as local servers do
       history            how many recent requests ``stats.recent`` keeps
     """
 
@@ -84,6 +87,8 @@ class LocalServer:
         max_hang: float = 60.0,
         model: str = "opchat-local",
         history: int = 50,
+        extra_models: Iterable[str] = (),
+        strict_models: bool = False,
     ):
         check_fault_name(fault)
         if isinstance(bot_ids, str):  # LocalServer(bot_ids="mybot") means one bot, not its letters
@@ -104,6 +109,8 @@ class LocalServer:
             max_hang=max_hang,
             model=model,
             history=history,
+            extra_models=extra_models,
+            strict_models=strict_models,
         )
         self._state = ServerState(self.config, fault)
         self._runner: Optional[web.AppRunner] = None

@@ -36,9 +36,15 @@ class ServerConfig:
     max_hang: float = 60.0
     model: str = "opchat-local"
     history: int = 50
+    extra_models: tuple = ()  # more ids /v1/models lists
+    strict_models: bool = False  # True: a chat request for a model not listed gets OpenAI's 404
+
+    def served_models(self) -> "tuple[str, ...]":
+        return (self.model,) + tuple(m for m in self.extra_models if m != self.model)
 
     def __post_init__(self) -> None:
         self.bot_ids = frozenset(self.bot_ids)
+        self.extra_models = (self.extra_models,) if isinstance(self.extra_models, str) else tuple(self.extra_models)
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         if self.delay < 0 or self.fault_delay < 0:

@@ -61,6 +61,11 @@ class AIEngineWire:
     def error_event(self, message: str) -> bytes:
         return sse({"type": "error", "data": message})
 
+    def reasoning(self, chunk: str, key: str = "") -> bytes:
+        """A ``thinking`` event, as the plugin sends it (``Meow_MWAI_Event::thinking``)."""
+        return sse({"type": "live", "data": chunk, "timestamp": round(time.time(), 4),
+                    "subtype": "thinking", "visibility": "collapsed"})
+
     def answer(self, reply: str, usage: dict) -> dict:
         """The non-streamed answer (``stream: false``)."""
         return self.end_payload(reply, usage)
@@ -94,6 +99,7 @@ class OpenAIWire:
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
+        self.finish_reason = "stop"  # "length" when max_tokens cut the reply
         self._first = True
         self._live_head: Optional[bytes] = None  # built at the second chunk: id and model are fixed by then
 
@@ -119,8 +125,16 @@ class OpenAIWire:
             self._live_head = frame[: -len(_OPENAI_LIVE_TAIL) - 2]
         return self._live_head + _json_string(chunk) + _OPENAI_LIVE_TAIL
 
+    def reasoning(self, chunk: str, key: str = "reasoning_content") -> bytes:
+        """A reasoning delta: ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (Ollama, gpt-oss)."""
+        delta = {key: chunk}
+        if self._first:
+            self._first = False
+            delta = {"role": "assistant", "content": None, key: chunk}
+        return sse(self._chunk(delta))
+
     def finish(self, reply: str, usage: dict) -> bytes:
-        out = sse(self._chunk({}, "stop"))
+        out = sse(self._chunk({}, self.finish_reason))
         if self.include_usage:
             out += sse({**self._chunk({}), "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
@@ -135,13 +149,14 @@ class OpenAIWire:
             "created": self.created,
             "model": self.model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": self.finish_reason}
             ],
             "usage": usage,
         }
 
-    def error_body(self, status: int, message: str) -> dict:
+    def error_body(self, status: int, message: str, *, param: Optional[str] = None, code: Any = ...) -> dict:
         if status == 401:
             return OPENAI_BAD_KEY
-        kind, code = _OPENAI_ERROR_TYPES.get(status, ("server_error", None))
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        kind, default_code = _OPENAI_ERROR_TYPES.get(status, ("server_error", None))
+        return {"error": {"message": message, "type": kind, "param": param,
+                          "code": default_code if code is ... else code}}
