@@ -42,6 +42,7 @@ __all__ = [
     "get_provider",
     "available",
     "names",
+    "name_of",
     "register",
     "unregister",
     "refresh",
@@ -241,6 +242,20 @@ def get_provider(name: Union[str, type]) -> Type[AsyncGeneratorProvider]:
     if entry is None:
         raise UnknownProviderError(name, names())
     return _load(entry)
+
+
+def name_of(provider: Union[str, type]) -> str:
+    """The registered name of a provider class (or class name, as ``Reply.provider`` holds it).
+
+    Registered and built-in names first; "" when no name maps to it. Nothing is imported.
+    """
+    qualname = provider.__qualname__ if isinstance(provider, type) else str(provider)
+    for entry in sorted(_entries().values(), key=lambda e: (e.source != "registered", e.source != "builtin", e.name)):
+        if isinstance(provider, type) and entry.cls is provider:
+            return entry.name
+        if entry.target.rpartition(":")[2] == qualname or (entry.cls is not None and entry.cls.__qualname__ == qualname):
+            return entry.name
+    return ""
 
 
 def register(name: str, cls: Type[AsyncGeneratorProvider], *, replace: bool = True) -> None:

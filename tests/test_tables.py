@@ -1,0 +1,40 @@
+"""Tables readable everywhere: Markdown in Jupyter, aligned text in terminal IPython (a real tmux terminal)."""
+from __future__ import annotations
+
+import mistune
+
+from opchat_magic.render.tables import Table, Text, plain_cell
+from opchat_magic.testing.terminal import TerminalIPython
+
+
+def test_text_form_is_aligned_and_inert():
+    t = Table(["thread", "messages"], [["default", 6], ["ideas\x1b[31m", 12], ["日本語", 1]])
+    lines = repr(t).splitlines()
+    assert lines[0] == "thread      messages"
+    assert lines[1] == "----------  --------"
+    assert lines[2] == "default     6"
+    assert lines[3] == "ideas [31m  12"  # the escape is gone, its printable rest stays visible
+    assert lines[4] == "日本語      1"  # wide characters count two columns
+    assert "\x1b" not in repr(t)
+
+
+def test_markdown_form_escapes_user_text():
+    t = Table(["thread", "value"], [["<img src=x onerror=alert(1)>", "a|b"]], code=["value"])
+    html = mistune.create_markdown(escape=True, plugins=["table"])(t._repr_markdown_())
+    assert "<table>" in html and "<img" not in html
+    assert "<code>a|b</code>" in html or "<code>a\\|b</code>" in html
+
+
+def test_empty_table_and_long_cells():
+    assert repr(Table(["a"], [], empty="no threads yet")) == "no threads yet"
+    assert plain_cell("x" * 200, 10) == "x" * 9 + "…"
+    assert repr(Text("**bold**", "bold")) == "bold"
+
+
+def test_terminal_ipython_prints_the_table_as_text(tmp_path):
+    with TerminalIPython(env={"IPYTHONDIR": str(tmp_path / "ipy")}) as term:
+        term.run("from opchat_magic.render.tables import Table")
+        shown = term.run("display(Table(['thread', 'messages'], [['default', 6], ['ideas', 12]]))")
+    assert "<IPython.core.display" not in shown
+    assert "thread   messages" in shown
+    assert "default  6" in shown and "ideas    12" in shown
