@@ -11,7 +11,10 @@ Every face takes already sanitised Markdown:
                     (tail states carry ``text/markdown`` only; final outputs,
                     i.e. blocks, footer, error, also carry ``text/plain``)
 ``footer(text)``    a last small line (plain text, escaped here);
-``error(text)``     an error or "stopped" line (plain text, escaped here).
+``error(text)``     an error or "stopped" line (plain text, escaped here);
+``set_reasoning(md, plain, final)``  show or replace the reasoning part, one
+                    output of its own (see ``reasoning.py``; ``plain`` is its
+                    text/plain form, given with the final state).
 
 :class:`TerminalFace` also has ``write(text)`` and ``streams_raw = True``: the
 renderer then hands it the raw chunks as they arrive instead of blocks.
@@ -73,6 +76,15 @@ class DisplayFace:
         self._update = update_display
         self._tail_id: Optional[str] = None
         self._tail_md = ""
+        self._reasoning_id: Optional[str] = None
+
+    def set_reasoning(self, md: str, plain: Optional[str], final: bool) -> None:
+        data = {"text/markdown": md, "text/plain": plain} if plain is not None else _tail_bundle(md)
+        if self._reasoning_id is None:
+            self._reasoning_id = "opchat-thinking-" + uuid.uuid4().hex
+            self._display(data, raw=True, display_id=self._reasoning_id)
+        else:
+            self._update(data, raw=True, display_id=self._reasoning_id)
 
     def add_block(self, md: str) -> None:
         if self._tail_id is not None:
@@ -129,6 +141,14 @@ class WidgetFace:
         self._page: Any = None
         self._tail: Any = None
         self._tail_md = ""
+        self._reasoning: Any = None
+
+    def set_reasoning(self, md: str, plain: Optional[str], final: bool) -> None:
+        data = {"text/markdown": md, "text/plain": plain} if plain is not None else _tail_bundle(md)
+        if self._reasoning is None:
+            self._reasoning = self._add_output(data)
+        else:
+            self._reasoning.outputs = self._outputs(data)
 
     @staticmethod
     def _outputs(data: dict) -> tuple:
@@ -203,6 +223,36 @@ class TerminalFace:
         self._stream = stream
         self._at_line_start = True
         self._tail = ""
+        self._thinking = False
+
+    # Reasoning: labelled, and dimmed (SGR 2) where the stream is a terminal.
+    def _dim(self, on: bool) -> None:
+        isatty = getattr(self.stream, "isatty", None)
+        if isatty is not None and isatty():
+            self.stream.write("\x1b[2m" if on else "\x1b[0m")
+
+    def write_reasoning(self, text: str) -> None:
+        if not self._thinking:
+            self._thinking = True
+            if not self._at_line_start:
+                self.write("\n")
+            self._dim(True)
+            self.write("[thinking] ")
+        self.write(text)
+
+    def close_reasoning(self) -> None:
+        if self._thinking:
+            self._thinking = False
+            if not self._at_line_start:
+                self.write("\n")
+            self._dim(False)
+            self.write("[/thinking]\n")
+            self.stream.flush()
+
+    def set_reasoning(self, md: str, plain: Optional[str], final: bool) -> None:
+        if final and plain is not None:  # the block interface, for completeness: the final text once
+            self.close_tail()
+            self.write(plain + "\n")
 
     @property
     def stream(self) -> TextIO:

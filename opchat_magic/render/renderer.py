@@ -14,6 +14,11 @@ once (``face.add_block``); the open tail is sanitised and re-sent
   the bytes sent are at most about ``(1 + budget) * len(reply)`` plus
   ``tail cap / max_lag`` per second: linear in the reply, never quadratic.
 
+Reasoning ("thinking") text goes to ``feed_reasoning``: it is shown apart,
+before the reply, by :class:`~.reasoning.ReasoningPart` (same throttle, bounded
+updates), and closed (collapsed) when the first answer chunk arrives or the
+turn ends.
+
 Not thread-safe: the owner makes sure calls come from one thread at a time.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from typing import Any, Callable, List, Optional
 
 from .blocks import BlockSplitter
+from .reasoning import ReasoningPart
 from .sanitize import sanitize_markdown
 
 __all__ = ["Renderer", "STOPPED", "STOPPED_EMPTY"]
@@ -56,6 +62,7 @@ class Renderer:
         self._credit = 0.0
         self._tail_md = ""
         self._closed = False
+        self.reasoning = ReasoningPart(face, clock, interval=interval, max_lag=self.max_lag, budget=budget)
         # counters (benchmarks, tests)
         self.chars = 0  # reply characters received
         self.blocks_sent = 0  # add_block calls
@@ -74,9 +81,16 @@ class Renderer:
     def closed(self) -> bool:
         return self._closed
 
+    def feed_reasoning(self, chunk: str) -> None:
+        """A chunk of the model's reasoning: shown apart, before the reply, secondary."""
+        if not self._closed:
+            self.reasoning.feed(chunk)
+
     def feed(self, chunk: str) -> None:
         if not chunk or self._closed:
             return
+        if not self.reasoning.closed and self.reasoning.started:
+            self.reasoning.close()  # the answer began: the thinking part folds away
         self._chunks.append(chunk)
         self.chars += len(chunk)
         if self._raw:
@@ -95,7 +109,11 @@ class Renderer:
 
     def tick(self) -> None:
         """Flush a dirty tail once its interval has passed (call every ~50-100 ms)."""
-        if self._dirty and not self._closed:
+        if self._closed:
+            return
+        if not self.reasoning.closed:
+            self.reasoning.tick()
+        if self._dirty:
             self._maybe_render(self.clock())
 
     def finish(self, footer: Optional[str] = None) -> None:
@@ -152,6 +170,7 @@ class Renderer:
         self._last = now
 
     def _final(self) -> None:
+        self.reasoning.close()
         self._closed = True
         if not self._raw:
             self._send_blocks(self._splitter.close())
