@@ -118,7 +118,8 @@ def _usage_dict(usage: Any) -> Optional[dict]:
     if isinstance(usage, dict):
         return dict(usage)
     if dataclasses.is_dataclass(usage):
-        return dataclasses.asdict(usage)
+        # Counts the server did not report stay out of history rather than as nulls.
+        return {k: v for k, v in dataclasses.asdict(usage).items() if v is not None}
     return dict(getattr(usage, "__dict__", {})) or None
 
 
