@@ -113,13 +113,13 @@ def sequential(kernel: Kernel, turns: int, every: int, progress=None) -> dict:
 # conversation, twice; returns what each thread holds and how far the streams overlapped.
 CONCURRENT = r"""
 import concurrent.futures as _cf, json as _json
-from opchat_magic.chat import ChatTurn as _ChatTurn
+from opchat_magic.turn import ChatTurn as _ChatTurn
 from opchat_magic.server import reply_text as _reply_text
 
 def _soak_concurrent(n, delay):
     magics = get_ipython().magics_manager.registry['OpchatMagics']
     conv = magics.conversation
-    options = magics.chat_options()
+    options = magics.session.options()
     intervals, errors = [], []
     for round_ in (1, 2):
         turns = [_ChatTurn(conv.thread(f"panel-{i}"), f"panel {i} says hello, round {round_} [[delay:{delay}]]", options)

@@ -21,12 +21,12 @@ def __getattr__(name):
 
 
 def load_ipython_extension(ipython):
-    from .magics import load_ipython_extension as load
+    from .ipython.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython):
-    from .magics import unload_ipython_extension as unload
+    from .ipython.magics import unload_ipython_extension as unload
 
     unload(ipython)

@@ -1,26 +1,49 @@
-"""One chat turn: from the user's text to a committed (or failed) reply.
+"""One chat turn, and the one driver every front door runs it with.
 
-Both front doors (the ``%%opchat`` magic and the chat panel) run turns through
-here, so history, streaming and failure handling exist once. The stream runs as
-a task on the private loop (``loop.py``); the front door drains the chunks that
-arrived and renders them on its own schedule. The turn's fate (commit, or fail
-and keep for retry) is decided on the private loop, where the stream ends, so a
-front door that stops waiting cannot leave history half-written.
+A :class:`ChatTurn` begins a turn on a history thread, streams the reply as a
+task on the private loop (``loop.py``) and decides the turn's outcome in one
+place (:meth:`ChatTurn.conclude`): complete, failed or stopped. The front
+doors (the ``%%opchat`` cell in its blocking and awaited forms, the chat
+panel) all drive it the same way, differing only in the face their renderer
+draws on:
+
+* ``turn.drive_blocking(renderer)`` - a plain thread (terminal IPython, a
+  cell without autoawait): waits in slices, Ctrl+C stops the stream.
+* ``await turn.drive(renderer)`` - a coroutine on whatever loop runs it: the
+  kernel's (an awaited cell; a kernel interrupt cancels it, which stops the
+  stream) or the private loop (the panel; its Stop button cancels the turn).
+
+Every asyncio object a driver waits on is made inside the loop that awaits
+it; the stream's task only reaches it through ``call_soon_threadsafe``.
+
+Outcome rules (the races, handled here once):
+
+* The thread's own record decides. History is written where the stream ends
+  (commit or fail, on the private loop), so a Stop or an interrupt that lands
+  just after the commit reports the reply as complete, not stopped.
+* A stream task that never ran (cancelled before it began) or did not unwind
+  within a second is failed here as stopped, so the thread is never left busy.
 """
 from __future__ import annotations
 
 import asyncio
+import shlex
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .errors import OpchatError, StoppedError, redact
-from .loop import LoopThread, get_loop
+from .loop import WAIT_SLICE, Job, LoopThread, get_loop
+
+__all__ = ["TurnOptions", "ChatTurn", "Outcome", "retry_command"]
+
+# How long a stopped stream may take to close its connection before the driver moves on.
+UNWIND_LIMIT = 1.0
 
 
 @dataclass
-class ChatOptions:
-    """What one turn needs besides the text: where to send it and what to include."""
+class TurnOptions:
+    """What one turn needs besides the text: where to send it, what to include, how to show it."""
 
     provider: Any  # an AsyncGeneratorProvider class
     model: str = ""
@@ -30,20 +53,54 @@ class ChatOptions:
     max_chars: Optional[int] = None
     include_history: bool = True
     secrets: tuple = ()  # strings to scrub from any error text shown to the user
+    footer: bool = True  # tokens and timings under the reply
+    interval: float = 0.05  # seconds between re-renders of the growing block
+    retryable: bool = True  # False for a --no-history turn: its thread is thrown away
+
+
+def retry_command(thread_name: str) -> str:
+    """The line that retries ``thread_name``'s failed turn; always names the thread."""
+    return f"%opchat_retry -t {shlex.quote(thread_name)}"
+
+
+@dataclass
+class Outcome:
+    """How a turn ended, as every front door reports it."""
+
+    status: str  # complete | failed | stopped
+    reply: Any = None  # the provider's Reply when complete
+    error: Optional[BaseException] = None
+    message: str = ""  # one secret-free paragraph on what went wrong
+    retry: str = ""  # the command that retries it ("" when it cannot be retried)
+    chars: int = 0  # characters that arrived
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "stopped"
+
+    def summary(self) -> str:
+        """What a cell says when the turn did not complete."""
+        again = f"`{self.retry}` sends it again." if self.retry else "Run the cell again to resend it."
+        if self.stopped:
+            return f"■ Stopped: what arrived is kept above. {again}"
+        return f"{type(self.error).__name__}: {self.message}\n{again}"
 
 
 class ChatTurn:
-    """A turn in flight. Create it with ``start``; read chunks with ``drain``.
+    """A turn in flight. Create it (it begins the turn), ``start`` it, drive it.
 
-    Thread-safety: chunks are appended on the private loop and taken by the
-    front door's thread under one lock; ``on_chunk`` is called (on the private
-    loop) only when the buffer goes from empty to non-empty, so a waiting front
-    door wakes once per batch rather than once per chunk.
+    ``ChatTurn(thread, None, options)`` retries the thread's failed turn.
+    Chunks are appended on the private loop and taken by the driver under one
+    lock; the driver's wake-up is called only when the buffer goes from empty
+    to non-empty, so a waiting driver wakes once per batch, not per chunk.
     """
 
-    def __init__(self, thread, user_text: Optional[str], options: ChatOptions,
+    def __init__(self, thread, user_text: Optional[str], options: TurnOptions,
                  on_chunk: Optional[Callable[[], None]] = None):
-        """Begin a turn on ``thread``; ``user_text=None`` retries its last failed turn."""
         self.thread = thread
         self.options = options
         provider = getattr(options.provider, "__name__", "")
@@ -62,15 +119,16 @@ class ChatTurn:
         )
         self.reply = None  # the provider's Reply, once the stream has started
         self.error: Optional[BaseException] = None
-        self.future = None
-        self._on_chunk = on_chunk
+        self.job: Optional[Job] = None
+        self._wake = on_chunk
         self._lock = threading.Lock()
         self._pending: list = []
         self._received: list = []
+        self._outcome: Optional[Outcome] = None
 
-    # -- running -----------------------------------------------------------
+    # -- the stream, on the private loop -----------------------------------------
     def start(self, loop: Optional[LoopThread] = None) -> "ChatTurn":
-        self.future = (loop or get_loop()).submit(self._run())
+        self.job = (loop or get_loop()).submit(self._run())
         return self
 
     async def _run(self):
@@ -82,10 +140,10 @@ class ChatTurn:
                 async for text in stream:
                     self._push(text)
         except asyncio.CancelledError:
-            self._finish_failed(StoppedError(partial=self.text), stopped=True)
+            self._fail(StoppedError(partial=self.text), stopped=True)
             raise
         except Exception as exc:  # every failure becomes a kept, retryable turn
-            self._finish_failed(exc, stopped=False)
+            self._fail(exc, stopped=False)
             raise
         self.thread.commit(self.turn, stream.reply.text, usage=stream.reply.usage)
         return stream.reply
@@ -95,14 +153,16 @@ class ChatTurn:
             was_empty = not self._pending
             self._pending.append(text)
             self._received.append(text)
-        if was_empty and self._on_chunk is not None:
-            self._on_chunk()
+            wake = self._wake
+        if was_empty and wake is not None:
+            wake()
 
-    def _finish_failed(self, exc: BaseException, stopped: bool) -> None:
-        self.error = exc
-        self.thread.fail(self.turn, error=self.describe(exc), partial=self.text, stopped=stopped)
+    def _fail(self, exc: BaseException, stopped: bool) -> None:
+        # The first to end the turn wins (the stream, or conclude() for a task that never ran).
+        if self.thread.fail(self.turn, error=self.describe(exc), partial=self.text, stopped=stopped):
+            self.error = exc
 
-    # -- reading -----------------------------------------------------------
+    # -- reading ------------------------------------------------------------------
     def drain(self) -> str:
         """The text that arrived since the last call."""
         with self._lock:
@@ -118,25 +178,137 @@ class ChatTurn:
             return "".join(self._received)
 
     @property
+    def future(self):
+        """The stream's cross-thread future (``job.future``)."""
+        return self.job.future if self.job is not None else None
+
+    @property
     def done(self) -> bool:
-        return self.future is not None and self.future.done()
+        return self.job is not None and self.job.done()
 
     def cancel(self) -> None:
-        """Stop the stream; its task closes the connection as it unwinds."""
-        if self.future is not None:
-            self.future.cancel()
+        """Stop the stream; its task closes the connection as it unwinds. Safe from any thread."""
+        if self.job is not None:
+            self.job.cancel()
 
-    def wait_closed(self, limit: float = 1.0) -> bool:
-        """Wait until the stream's task has really ended (connection closed)."""
-        finished = getattr(self.future, "finished", None)
-        return finished.wait(limit) if finished is not None else True
+    def wait_closed(self, limit: float = UNWIND_LIMIT) -> bool:
+        """Block until the stream's task has really ended (connection closed)."""
+        return self.job.finished.wait(limit) if self.job is not None else True
 
     def describe(self, exc: BaseException) -> str:
         """A one-paragraph, secret-free account of what went wrong."""
         if isinstance(exc, StoppedError):
             return "stopped by the user"
-        if isinstance(exc, OpchatError):
-            text = str(exc)
-        else:
-            text = f"{type(exc).__name__}: {exc}"
+        text = str(exc) if isinstance(exc, OpchatError) else f"{type(exc).__name__}: {exc}"
         return redact(text, self.options.secrets)
+
+    # -- the outcome, decided once ----------------------------------------------------
+    def conclude(self) -> Outcome:
+        """How the turn ended. Call once the job is done (and finished, or given up on)."""
+        if self._outcome is not None:
+            return self._outcome
+        if self.turn.status == "pending":
+            # The task never ran, or is still unwinding past the limit: end the turn here.
+            cancelled = self.job is None or self.job.cancelled()
+            exc = None if cancelled else self.job.exception()
+            if exc is None:
+                self._fail(StoppedError(partial=self.text), stopped=True)
+            else:
+                self._fail(exc, stopped=isinstance(exc, StoppedError))
+        status = self.turn.status
+        chars = len(self.text)
+        if status == "complete":
+            outcome = Outcome("complete", reply=self.reply, chars=chars)
+        else:
+            error = self.error
+            if error is None:  # ended by fail() elsewhere (a reset race): still say what the thread says
+                error = StoppedError(partial=self.text) if status == "stopped" else OpchatError(self.turn.error or "")
+            retry = retry_command(self.thread.name) if self.options.retryable else ""
+            outcome = Outcome(status, error=error, message=self.describe(error), retry=retry, chars=chars)
+        self._outcome = outcome
+        return outcome
+
+    def render(self, renderer, outcome: Outcome, footer: Optional[str]) -> None:
+        """Show the end of the turn on ``renderer``'s face: the rest of the text, then footer or failure."""
+        text = self.drain()
+        if text:
+            renderer.feed(text)
+        if outcome.complete:
+            renderer.finish(footer if self.options.footer else None)
+        else:
+            renderer.fail(outcome.message, stopped=outcome.stopped)
+
+    # -- the drivers -------------------------------------------------------------------
+    def _pump(self, renderer) -> None:
+        text = self.drain()
+        if text:
+            renderer.feed(text)
+        renderer.tick()
+
+    def _finish(self, renderer) -> Outcome:
+        from .render.footer import footer_text
+
+        outcome = self.conclude()
+        self.render(renderer, outcome, footer_text(outcome.reply) if outcome.complete else None)
+        return outcome
+
+    def drive_blocking(self, renderer) -> Outcome:
+        """Start (if needed) and render the turn from a plain thread; Ctrl+C stops it."""
+        wake = threading.Event()
+        with self._lock:
+            self._wake = wake.set
+        if self.job is None:
+            self.start()
+        interval = self.options.interval
+        try:
+            while not self.done:
+                wake.wait(min(interval, WAIT_SLICE))
+                wake.clear()
+                self._pump(renderer)
+        except KeyboardInterrupt:
+            self.cancel()
+            self.wait_closed(UNWIND_LIMIT)
+        else:
+            if self.job.cancelled():
+                self.wait_closed(UNWIND_LIMIT)
+        return self._finish(renderer)
+
+    async def drive(self, renderer, progress: Optional[Callable[["ChatTurn"], None]] = None) -> Outcome:
+        """Start (if needed) and render the turn from a coroutine on any loop.
+
+        Cancelling the coroutine (a kernel interrupt) or the turn (Stop) stops
+        the stream; either way the turn is concluded and rendered here.
+        ``progress(turn)`` is called on each render tick while it streams.
+        """
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()  # made here, in the loop that awaits it
+
+        def poke() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        with self._lock:
+            self._wake = poke
+        if self.job is None:
+            self.start()
+        done = asyncio.wrap_future(self.job.future)
+        interval = self.options.interval
+        try:
+            while not done.done():
+                waiter = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait({done, waiter}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                wake.clear()
+                self._pump(renderer)
+                if progress is not None and not done.done():
+                    progress(self)
+        except asyncio.CancelledError:
+            # A kernel interrupt: stop the stream (closing its connection), keep what arrived.
+            self.cancel()
+        if self.job.cancelled():
+            try:
+                await self.job.wait_finished(UNWIND_LIMIT)
+            except asyncio.CancelledError:  # a second interrupt: stop waiting, conclude now
+                pass
+        return self._finish(renderer)

@@ -34,8 +34,8 @@ from typing import Callable, Optional
 import pytest
 from aiohttp import web
 
-from opchat_magic.chat import ChatOptions, ChatTurn
-from opchat_magic.conversation import Message, Thread
+from opchat_magic.turn import TurnOptions, ChatTurn
+from opchat_magic.history import Message, Thread
 from opchat_magic.errors import (
     HTTPStatusError,
     NotAnEndpointError,
@@ -106,10 +106,10 @@ def clean(server, monkeypatch):
 # --------------------------------------------------------------------------- running a turn
 
 
-def options(server, **kw) -> ChatOptions:
+def options(server, **kw) -> TurnOptions:
     kwargs = {"url": server.url, "read_timeout": RELAXED_TIMEOUT, "connect_timeout": 2.0}
     kwargs.update(kw)
-    return ChatOptions(provider=Opchatgpts, provider_kwargs=kwargs)
+    return TurnOptions(provider=Opchatgpts, provider_kwargs=kwargs)
 
 
 def finish(chat: ChatTurn, limit: float = TURN_LIMIT) -> Optional[BaseException]:
@@ -124,7 +124,7 @@ def finish(chat: ChatTurn, limit: float = TURN_LIMIT) -> Optional[BaseException]
     return chat.future.exception()
 
 
-def run_turn(thread: Thread, text: Optional[str], opts: ChatOptions):
+def run_turn(thread: Thread, text: Optional[str], opts: TurnOptions):
     chat = ChatTurn(thread, text, opts).start(get_loop())
     return chat, finish(chat)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opchat_magic.conversation import (
+from opchat_magic.history import (
     Conversation,
     EmptyMessageError,
     HistoryNotSavedWarning,
@@ -19,7 +19,7 @@ from opchat_magic.conversation import (
     UnknownThreadError,
 )
 from opchat_magic.errors import OpchatError, ThreadBusyError
-from opchat_magic.store import Store
+from opchat_magic.history.store import Store
 
 
 def chat(thread: Thread, user: str, reply: str) -> Turn:
@@ -93,10 +93,21 @@ def test_stopped_turn_keeps_its_partial_text_and_is_marked():
 def test_failed_turn_shows_where_it_happened():
     thread = Thread("t")
     chat(thread, "q1", "a1")
-    thread.fail(thread.begin("q2"), "boom")
-    chat(thread, "q3", "a3")  # a different question: the failure stays, between q1 and q3
+    chat(thread, "q2", "a2")
+    thread.fail(thread.begin("q3"), "boom")
     assert [t.user for t in thread.turns] == ["q1", "q2", "q3"]
-    assert [t.status for t in thread.turns] == ["complete", "failed", "complete"]
+    assert [t.status for t in thread.turns] == ["complete", "complete", "failed"]
+
+
+def test_a_later_completed_turn_supersedes_the_failed_one():
+    """Retry semantics: retrying q2 after q3 was answered would append q2 after a3, out of order."""
+    thread = Thread("t")
+    chat(thread, "q1", "a1")
+    thread.fail(thread.begin("q2"), "boom")
+    chat(thread, "q3", "a3")  # a different question, answered: the failure is superseded
+    assert thread.last_failed is None and thread.retry() is None
+    assert [t.user for t in thread.turns] == ["q1", "q3"]
+    assert [m.content for m in thread.messages] == ["q1", "a1", "q3", "a3"]
 
 
 def test_retry_flow():
@@ -411,6 +422,7 @@ def test_conversation_survives_a_restart(tmp_path):
         turn = work.begin("w1", provider="opchatgpts", model="gpt")
         work.commit(turn, "r1", usage={"total_tokens": 5})
         work.fail(work.begin("w2"), "boom", partial="par", stopped=True)
+        assert conversation.flush(10)  # writes are queued to the writer thread
 
     with Store(path) as store:
         restored = Conversation("nb", store=store)
@@ -426,6 +438,7 @@ def test_conversation_survives_a_restart(tmp_path):
         again = work.retry()
         assert [m["content"] for m in work.request_messages(again)] == ["w1", "r1", "w2"]
         work.commit(again, "r2")
+        assert restored.flush(10)
 
     with Store(path) as store:
         restored = Conversation("nb", store=store)
@@ -443,8 +456,10 @@ def test_reset_reaches_the_store(tmp_path):
         chat(conversation.thread(), "u", "a")
         chat(conversation.thread("x"), "u", "a")
         conversation.reset("x")
+        assert conversation.flush(10)
         assert set(store.load("nb")) == {"default"}
         conversation.reset_all()
+        assert conversation.flush(10)
         assert store.load("nb") == {}
 
 
@@ -464,6 +479,7 @@ def test_a_failing_store_warns_and_keeps_the_session_history():
     turn = thread.begin("q")
     with pytest.warns(HistoryNotSavedWarning, match="disk full"):
         thread.commit(turn, "a")
+        assert conversation.flush(10)  # the writer thread reports it
     assert thread.messages == [Message("user", "q"), Message("assistant", "a")]
     assert thread.pending is None
     with warnings.catch_warnings():
@@ -496,6 +512,7 @@ def test_concurrent_commits_on_two_threads_lose_nothing(tmp_path):
         for w in workers:
             w.join(30)
         assert errors == []
+        assert conversation.flush(30)
         for name in ("panel", "cells"):
             expected = [c for i in range(200) for c in (f"{name} q{i}", f"{name} a{i}")]
             assert [m.content for m in conversation.thread(name).messages] == expected

@@ -382,15 +382,13 @@ def test_stop_that_loses_the_race_with_commit_is_not_reported_as_stopped(server)
     forty in the test above): the turn is in the history, so the cell must not say
     it was stopped and is retryable.
     """
-    from opchat_magic.chat import ChatOptions, ChatTurn
-    from opchat_magic.conversation import Thread
-    from opchat_magic.errors import OpchatError
+    from opchat_magic.turn import TurnOptions, ChatTurn
+    from opchat_magic.history import Thread
     from opchat_magic.loop import get_loop
-    from opchat_magic.magics import OpchatMagics
     from opchat_magic.providers.opchatgpts import Opchatgpts
 
     thread = Thread("race")
-    options = ChatOptions(provider=Opchatgpts, provider_kwargs={"url": server.url, "read_timeout": 10})
+    options = TurnOptions(provider=Opchatgpts, provider_kwargs={"url": server.url, "read_timeout": 10})
     chat = ChatTurn(thread, "hello", options)
     commit = thread.commit
 
@@ -405,11 +403,8 @@ def test_stop_that_loses_the_race_with_commit_is_not_reported_as_stopped(server)
     assert [m.content for m in thread.messages] == ["hello", reply_text(user("hello"))]  # committed
     assert thread.last_failed is None
 
-    magics = OpchatMagics(shell=None)
-    args = magics._parse(magics.opchat, "")
+    outcome = chat.conclude()  # the one place every front door asks how the turn ended
+    assert outcome.complete, f"a committed turn was reported as {outcome.status}: {outcome.message}"
     renderer = _Renderer()
-    try:
-        magics._conclude(args, chat, renderer)
-    except OpchatError as exc:
-        pytest.fail(f"a committed turn was reported as {type(exc).__name__}: {renderer.calls[-1]}")
+    chat.render(renderer, outcome, None)
     assert renderer.calls[-1][0] == "finish"

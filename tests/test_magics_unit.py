@@ -1,11 +1,11 @@
-"""The magic's pure parts: the cell rewrite, interpolation, code extraction, footer."""
+"""The magic's pure parts: the cell rewrite, interpolation, code extraction; load, unload, reload."""
 from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
 
-from opchat_magic.magics import OpchatMagics, extract_code, footer_text, transform_opchat_cell
-from opchat_magic.providers.base import Reply, Usage
+from opchat_magic.ipython.magics import OpchatMagics, extract_code
+from opchat_magic.ipython.transformer import _Transformer, transform_opchat_cell
 
 
 def test_opchat_cell_becomes_a_top_level_await():
@@ -56,17 +56,10 @@ def test_code_format_extracts_every_fenced_block():
     assert extract_code("no code here") == ""
 
 
-def test_footer_names_tokens_and_timings():
-    r = Reply(provider="Opchatgpts", model="gpt-3.5-turbo", usage=Usage(3, 4, 7))
-    r.first_chunk_at = r.started_at + 0.25
-    r.finished_at = r.started_at + 1.5
-    assert footer_text(r) == "7 tokens · first chunk 0.25 s · 1.50 s · Opchatgpts / gpt-3.5-turbo"
-
-
 def test_load_and_unload_leave_the_shell_as_it_was():
     from IPython.core.interactiveshell import InteractiveShell
 
-    from opchat_magic.magics import _Transformer, load_ipython_extension, unload_ipython_extension
+    from opchat_magic import load_ipython_extension, unload_ipython_extension
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("config", "OpchatMagics.persist = False")
@@ -82,3 +75,33 @@ def test_load_and_unload_leave_the_shell_as_it_was():
     assert "opchat" not in shell.magics_manager.magics["cell"]
     assert not any(n.startswith("opchat") for n in shell.magics_manager.magics["line"])
     assert "OpchatMagics" not in shell.magics_manager.registry
+
+
+def test_reload_leaves_one_configurable_and_closes_the_store(tmp_path, monkeypatch):
+    """%reload_ext: the old Session's store is closed and its settings leave shell.configurables."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from opchat_magic.session import get_session
+    from opchat_magic.settings import OpchatSettings
+
+    monkeypatch.setenv("OPCHAT_HISTORY_DB", str(tmp_path / "h.sqlite3"))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("config", "OpchatMagics.persist = True")
+    try:
+        shell.run_line_magic("load_ext", "opchat_magic")
+        first = get_session(shell)
+        store = first.conversation.store
+        assert store is not None and store._conn is not None
+        shell.run_line_magic("reload_ext", "opchat_magic")
+        second = get_session(shell)
+        assert second is not first and first.closed
+        assert store._conn is None  # the old connection is closed, not leaked
+        settings = [c for c in shell.configurables if isinstance(c, OpchatSettings)]
+        assert settings == [second.settings]
+        assert not any(type(c).__name__ == "OpchatMagics" for c in shell.configurables)
+        shell.run_line_magic("config", "OpchatMagics.model = 'm1'")  # the documented name still configures
+        assert second.settings.model == "m1"
+    finally:
+        shell.run_line_magic("unload_ext", "opchat_magic")
+        shell.run_line_magic("config", "OpchatMagics.persist = False")
+    assert not any(isinstance(c, OpchatSettings) for c in shell.configurables)

@@ -178,7 +178,7 @@ def test_error_shows_status_and_retry_sends_it_again(kernel, server):
     assert kernel.value("panel.retry_button.layout.display") is None
     assert "HTTP 500" in kernel.value("shown(panel)")  # the transcript says why, not only the status line
     # Rebuilt from the thread (as after a thread switch), the failed turn is marked and explained.
-    kernel.run("panel._shown.clear(); panel._items.children = (); panel.refresh()")
+    kernel.run("panel.view._shown.clear(); panel.view._items.children = (); panel.refresh()")
     rebuilt = kernel.value("shown(panel)")
     assert "Failed: HTTP 500" in rebuilt and "Not part of the history" in rebuilt, rebuilt
     kernel.run("panel.retry()")
@@ -219,7 +219,7 @@ def test_busy_thread_is_reported(kernel):
 def test_threads_selector_and_model(kernel):
     kernel.run("panel.send('on default')")
     wait_idle(kernel)
-    kernel.run("panel.new_thread.value = 'side'\npanel._new_thread()")
+    kernel.run("panel.new_thread.value = 'side'\npanel.new_thread_button.click()")
     assert kernel.value("panel.thread.name") == "side"
     assert "side" in kernel.value("list(panel.thread_select.options)")
     assert kernel.value("shown(panel)") == ""
@@ -248,10 +248,10 @@ def test_hostile_reply_is_sanitised(kernel):
 
 
 def test_constructors(kernel):
-    # magics=None: the loaded extension's OpchatMagics, so one shared conversation.
-    assert kernel.value("panel.magics is magics") is True
+    # session=None: the kernel's Session, the one the magics use, so one shared conversation.
+    assert kernel.value("panel.session is magics.session") is True
     assert kernel.value("panel.conversation is magics.conversation") is True
-    ex = kernel.run("_shown = show_panel(magics, thread='shown')")
+    ex = kernel.run("_shown = show_panel(magics.session, thread='shown')")
     assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
                for m in ex.of_type("display_data"))
     assert kernel.value("_shown.thread.name") == "shown"

@@ -36,14 +36,14 @@ import pytest
 from aiohttp import web
 
 from opchat_magic.testing import free_port
-from opchat_magic.chat import ChatOptions, ChatTurn
-from opchat_magic.conversation import Conversation
+from opchat_magic.turn import TurnOptions, ChatTurn
+from opchat_magic.history import Conversation
 from opchat_magic.errors import HTTPStatusError
 from opchat_magic.loop import get_loop
 from opchat_magic.providers.openai_compat import OpenAICompatible
 from opchat_magic.server import HOSTILE_REPLY, LocalServer
 from opchat_magic.server.faults import FAULTS, Fault
-from opchat_magic.store import Store
+from opchat_magic.history.store import Store
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -143,10 +143,10 @@ def test_local_server_listens_on_loopback_only_by_default():
 def test_oversized_request_body_is_refused_without_echoing_the_key(monkeypatch):
     monkeypatch.setenv("OPCHAT_API_KEY", SECRET)
     with LocalServer(delay=0, api_key=SECRET, max_body=64 * 1024) as srv:
-        from opchat_magic.conversation import Thread
+        from opchat_magic.history import Thread
 
         thread = Thread("big")
-        chat = ChatTurn(thread, "z" * 100_000, ChatOptions(
+        chat = ChatTurn(thread, "z" * 100_000, TurnOptions(
             provider=OpenAICompatible, provider_kwargs={"base_url": srv.openai_base_url, "read_timeout": 10},
             secrets=(SECRET,))).start(get_loop())
         assert chat.wait_closed(15)
@@ -170,7 +170,7 @@ def test_key_stays_out_of_errors_logs_and_the_store(monkeypatch, caplog, tmp_pat
     thread = conversation.thread()
 
     def turn(server, text):
-        options = ChatOptions(provider=OpenAICompatible,
+        options = TurnOptions(provider=OpenAICompatible,
                               provider_kwargs={"base_url": server.openai_base_url, "read_timeout": 10},
                               secrets=(SECRET,))
         chat = ChatTurn(thread, text, options).start(get_loop())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from opchat_magic.conversation import Message
-from opchat_magic.store import SCHEMA_VERSION, Store, StoreError, default_path, notebook_key
+from opchat_magic.history import Message
+from opchat_magic.history.store import SCHEMA_VERSION, Store, StoreError, default_path, notebook_key
 
 REPO = Path(__file__).resolve().parents[1]
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and signals")
@@ -93,7 +93,7 @@ def test_reset_one_thread_or_all(store):
 
 
 def test_failed_turns_are_kept_apart_from_history(store):
-    from opchat_magic.conversation import Turn
+    from opchat_magic.history import Turn
 
     store.append_turn("nb", "t", *pair(0))
     turn = Turn(thread="t", user="q1", reply="partial", status="stopped", error="stopped by the user",
@@ -265,8 +265,8 @@ def test_kernel_interrupts_during_writes(store):
 
 WRITER = r"""
 import sys
-from opchat_magic.conversation import Message
-from opchat_magic.store import Store
+from opchat_magic.history import Message
+from opchat_magic.history.store import Store
 
 store = Store(sys.argv[1])
 i = 0
@@ -334,6 +334,6 @@ def test_notebook_key_from_vscode_then_session(tmp_path, monkeypatch):
 
     env = {k: v for k, v in os.environ.items() if k != "JPY_SESSION_NAME"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    other = subprocess.run([sys.executable, "-c", "from opchat_magic.store import notebook_key; print(notebook_key())"],
+    other = subprocess.run([sys.executable, "-c", "from opchat_magic.history.store import notebook_key; print(notebook_key())"],
                            capture_output=True, text=True, env=env, check=True).stdout.strip()
     assert other.startswith("session:") and other != key  # another scratch kernel, other history

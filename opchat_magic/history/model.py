@@ -1,4 +1,4 @@
-"""Conversation state: threads of turns, what to send, what to keep.
+"""The history model: threads of turns, what to send, what to keep.
 
 A turn (the user's text and the assistant's reply) enters a thread's history
 only when its reply completes. A failed or stopped turn stays out of what is
@@ -11,11 +11,24 @@ Each Thread has a lock around its state changes; the Conversation has a lock
 around its map of threads. Locks are taken Conversation -> Thread -> Store,
 never the other way round.
 
-Persistence is delegated to a store (``store.Store``) given by the caller;
-without one a conversation lives in memory only. State changes happen in
-memory first, then in the store: a kernel interrupt or a full disk during the
-write costs the saved copy of one turn, never the session's own history. A
-store that fails is reported with a ``HistoryNotSavedWarning``.
+Persistence is delegated to a store (``store.Store``) given by the caller,
+written through a :class:`~opchat_magic.history.writer.Writer` (one thread
+of its own, writes in order), so a database locked by another kernel never
+stalls a stream. Without a store a conversation lives in memory only. State
+changes happen in memory first, then in the store: a locked or full disk
+costs the saved copy of one turn (retried, then reported with a
+``HistoryNotSavedWarning``), never the session's own history.
+
+Retry semantics (the same for every front door): a thread keeps at most one
+failed or stopped turn, its latest; ``%opchat_retry -t NAME`` (the panel's
+Retry) sends that one again. A later turn that completes on the thread
+supersedes it: the failure leaves the retry slot (and the store), because
+retrying it afterwards would append an old question after newer answers.
+
+Change events: ``Conversation.subscribe(callback)`` calls
+``callback(thread_name, what)`` after each change (``begin``, ``commit``,
+``fail``, ``reset``, ``new``), on the thread that made it; the panel listens
+instead of polling.
 """
 from __future__ import annotations
 
@@ -25,12 +38,14 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from .errors import OpchatError, ThreadBusyError
+from ..errors import OpchatError, ThreadBusyError
 
-if TYPE_CHECKING:  # the store is a collaborator passed in; no runtime import, no cycle
-    from .store import Store
+if TYPE_CHECKING:  # the writer is a collaborator passed in; no runtime import
+    from .writer import Writer
+
+Listener = Callable[[str, str], None]
 
 __all__ = [
     "Message",
@@ -126,16 +141,17 @@ def _usage_dict(usage: Any) -> Optional[dict]:
 class Thread:
     """One line of conversation: committed turns, the turn in flight, the last failed one.
 
-    ``store``/``key`` are set by Conversation; a Thread made on its own
-    (``Thread("scratch")``) lives in memory only.
+    ``writer``/``key``/``notify`` are set by Conversation; a Thread made on its
+    own (``Thread("scratch")``) lives in memory only and tells no one.
     """
 
-    def __init__(self, name: str, system: Optional[str] = None, *, store: Optional["Store"] = None,
-                 key: Optional[str] = None):
+    def __init__(self, name: str, system: Optional[str] = None, *, writer: Optional["Writer"] = None,
+                 key: Optional[str] = None, notify: Optional[Listener] = None):
         self.name = name
         self.system = system
-        self._store = store
+        self._writer = writer
         self._key = key
+        self._notify = notify
         self._lock = threading.RLock()
         # Copy-on-write: commit replaces the list in one assignment, so a reader
         # (or an interrupt) never sees a user message without its reply.
@@ -200,7 +216,8 @@ class Thread:
             turn = Turn(thread=self.name, user=user_text, provider=provider or "", model=model or "",
                         retry_of=retry_of)
             self._pending = turn
-            return turn
+        self._tell("begin")
+        return turn
 
     def request_messages(self, turn: Union[Turn, str], max_messages: Optional[int] = None,
                          max_chars: Optional[int] = None, system: Optional[str] = None,
@@ -251,18 +268,17 @@ class Thread:
             turn.status = "complete"
             turn.error = None
             turn.finished_at = time.time()
-            failed = self._failed
-            # The failed turn is answered now. A retry through retry() names it; a
-            # front door that re-sends the same text through begin() is recognised by the text.
-            answers_failed = failed is not None and (turn.retry_of == failed.id or turn.user == failed.user)
+            # A completed turn supersedes the pending failure, whether it was its retry
+            # or not: see the module's retry semantics.
+            superseded = self._failed is not None
             # One assignment statement: no point between these stores where an
             # interrupt can land and leave the thread busy forever.
-            self._history, self._failed, self._pending = (
-                self._history + [dataclasses.replace(turn)], None if answers_failed else failed, None)
+            self._history, self._failed, self._pending = self._history + [dataclasses.replace(turn)], None, None
             self._version += 1
             self._save("append_turn", Message("user", turn.user), Message("assistant", turn.reply),
-                       _turn_meta(turn), clear_failed=answers_failed)
-            return True
+                       _turn_meta(turn), clear_failed=superseded)
+        self._tell("commit")
+        return True
 
     def fail(self, turn: Turn, error: str, partial: str = "", stopped: bool = False) -> bool:
         """The reply failed or was stopped: keep it, out of history, as the retryable turn.
@@ -280,7 +296,8 @@ class Thread:
             self._failed, self._failed_at, self._pending = kept, len(self._history), None
             self._version += 1
             self._save("record_failed", kept)
-            return True
+        self._tell("fail")
+        return True
 
     def retry(self, provider: Optional[str] = None, model: Optional[str] = None) -> Optional[Turn]:
         """A new pending turn sending the last failed turn's text again (None if there is none)."""
@@ -304,6 +321,7 @@ class Thread:
             self._history, self._failed, self._failed_at = [], None, 0
             self._version += 1
             self._save("reset")
+        self._tell("reset")
 
     def _owns(self, turn: Turn) -> bool:
         """Whether ``turn`` is this thread's turn in flight; False if it already ended."""
@@ -316,15 +334,13 @@ class Thread:
         return False
 
     def _save(self, what: str, *args, **kwargs) -> None:
-        store = self._store
-        if store is None:
-            return
-        try:
-            getattr(store, what)(self._key, self.name, *args, **kwargs)
-        except Exception as exc:  # the session's history is intact; say the saved copy is not
-            warnings.warn(f"opchat-magic could not save thread {self.name!r} to "
-                          f"{getattr(store, 'path', 'the history database')}: {exc}",
-                          HistoryNotSavedWarning, stacklevel=3)
+        """Queue one store write; the writer thread does it (in order) and reports failures."""
+        if self._writer is not None:
+            self._writer.write(what, self._key, self.name, *args, **kwargs)
+
+    def _tell(self, what: str) -> None:
+        if self._notify is not None:
+            self._notify(self.name, what)
 
     def _restore(self, turns: List[dict], failed: Optional[dict]) -> None:
         with self._lock:
@@ -399,17 +415,65 @@ def _turn_from_store(thread: str, data: dict) -> Turn:
                 finished_at=meta.get("finished_at"), retry_of=meta.get("retry_of"))
 
 
-class Conversation:
-    """All threads of one notebook, restored from ``store`` under ``key``."""
+def _warn_not_saved(message: str) -> None:
+    warnings.warn(message, HistoryNotSavedWarning, stacklevel=2)
 
-    def __init__(self, key: str, store: Optional["Store"] = None, restore: bool = True):
+
+class Conversation:
+    """All threads of one notebook, restored from ``store`` under ``key``.
+
+    Writes go through a :class:`Writer` made here (one thread, in order);
+    ``flush()`` waits for them, ``close()`` flushes and closes the store.
+    """
+
+    def __init__(self, key: str, store: Any = None, restore: bool = True):
         self.key = key
         self.store = store
         self.default_thread = "default"
         self._lock = threading.Lock()
+        self._listeners: List[Listener] = []
+        if store is not None:
+            from .writer import Writer
+
+            self.writer: Optional["Writer"] = Writer(store, on_problem=_warn_not_saved)
+        else:
+            self.writer = None
         self._threads: Dict[str, Thread] = {self.default_thread: self._new(self.default_thread)}
         if store is not None and restore:
             self._restore()
+
+    # -- change events -------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(thread_name, what)`` after every change; returns an unsubscribe function."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, name: str, what: str) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(name, what)
+            except Exception as exc:  # a broken listener must not break a turn
+                warnings.warn(f"opchat-magic: a history listener failed: {exc!r}", RuntimeWarning, stacklevel=2)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued history write is done; False if ``timeout`` ran out first."""
+        return self.writer.flush(timeout) if self.writer is not None else True
+
+    def close(self) -> None:
+        """Finish the queued writes and close the store (the history stays in memory)."""
+        if self.writer is not None:
+            self.writer.close()
+        elif self.store is not None:
+            self.store.close()
 
     def _restore(self) -> None:
         try:
@@ -425,7 +489,7 @@ class Conversation:
             thread._restore(turns.get(name, []), failed.get(name))
 
     def _new(self, name: str) -> Thread:
-        return Thread(name, store=self.store, key=self.key)
+        return Thread(name, writer=self.writer, key=self.key, notify=self._notify)
 
     def thread(self, name: Optional[str] = None, create: bool = True) -> Thread:
         """The thread called ``name`` (default: ``default_thread``), made if new unless ``create=False``."""
@@ -439,7 +503,10 @@ class Conversation:
                     known = ", ".join(repr(n) for n in self._threads) or "none"
                     raise UnknownThreadError(f"No thread named {name!r} in this notebook. Known threads: {known}.")
                 found = self._threads[name] = self._new(name)
-            return found
+            else:
+                return found
+        self._notify(name, "new")
+        return found
 
     def threads(self) -> List[str]:
         """Thread names, in the order they were first used."""
@@ -460,15 +527,11 @@ class Conversation:
         Threads stay in the map, empty: a front door may still hold one, and
         it must keep writing where the others read.
         """
-        if self.store is not None:
+        if self.writer is not None:
             # The whole key first: that also clears what was stored but never loaded
             # (a restore that failed). Then each thread, which clears its own rows
             # again, so a turn committing in between is gone from memory and disk alike.
-            try:
-                self.store.reset(self.key)
-            except Exception as exc:
-                warnings.warn(f"opchat-magic could not clear the stored history: {exc}",
-                              HistoryNotSavedWarning, stacklevel=2)
+            self.writer.write("reset", self.key)
         with self._lock:
             threads = list(self._threads.values())
         for thread in threads:

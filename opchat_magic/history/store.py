@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from .conversation import Message
-from .errors import OpchatError
+from .model import Message
+from ..errors import OpchatError
 
 __all__ = ["Store", "StoreError", "default_path", "notebook_key", "META_KEYS", "SCHEMA_VERSION"]
 

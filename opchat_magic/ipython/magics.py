@@ -1,22 +1,25 @@
 """The IPython face of opchat-magic: ``%%opchat`` and its companions.
 
-``OpchatMagics`` is a configurable ``Magics`` subclass, so every trait below can
-be set with ``%config OpchatMagics.<name> = ...`` or in ``ipython_config.py``.
+The magics only read flags and cell text; the settings live in
+``settings.py`` (``%config OpchatMagics.<name> = ...`` still configures them),
+history and store in the kernel's :class:`~opchat_magic.session.Session`, and
+the turn is driven by ``turn.py``, exactly as the panel drives it.
 
-How a cell waits for its reply without freezing the kernel: in ipykernel an
-input transformer rewrites a ``%%opchat`` cell into a top-level
-``await run_cell_async(...)``. ipykernel then runs the cell as a task, a kernel
-interrupt cancels that task, and the cancellation stops the stream on the
-private loop (closing its connection) before the cell ends. Elsewhere (terminal
-IPython, autoawait off) the magic blocks in short slices, and Ctrl+C does the same.
+How a cell waits for its reply without freezing the kernel: in ipykernel the
+input transformer (``ipython/transformer.py``) rewrites a ``%%opchat`` cell
+into a top-level ``await``; ipykernel runs it as a task, a kernel interrupt
+cancels that task, and the cancellation stops the stream (closing its
+connection) before the cell ends. Elsewhere (terminal IPython, autoawait off)
+the magic blocks in short slices, and Ctrl+C does the same.
+
+Adding a magic: a method here decorated with ``@line_magic``/``@cell_magic``
+(and ``magic_arguments`` for flags); reach state through ``self.session``;
+raise ``UsageError`` for misuse.
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -24,119 +27,68 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import Markdown, display
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
 
-from .errors import OpchatError, StoppedError, ThreadBusyError
+from ..errors import OpchatError, ThreadBusyError
 
 MAGIC_NAME = "opchat"
-_FIRST_LINE = re.compile(r"^\s*%%opchat(\s.*)?$", re.S)
 _VARIABLE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
-# Environment variables that may hold keys: their values are scrubbed from errors.
-_KEY_VARIABLES = ("OPCHAT_API_KEY", "OPENAI_API_KEY")
 
 
 @magics_class
 class OpchatMagics(Magics):
     """Chat with a streaming model from notebook cells.
 
-    Configure with ``%config OpchatMagics.<trait> = value``; see ``%config OpchatMagics``.
+    Settings: ``%config OpchatMagics.<trait> = value`` (see ``%opchat config``).
     """
 
-    provider = Unicode("opchatgpts", help="Provider name (see `%opchat providers`).").tag(config=True)
-    model = Unicode("", help="Model name; empty means the provider's default.").tag(config=True)
-    url = Unicode(
-        "", help="Endpoint: the AI Engine site (opchatgpts) or base URL (openai); empty means the "
-                 "provider's default and its environment variables (OPCHAT_URL, OPENAI_BASE_URL).",
-    ).tag(config=True)
-    system = Unicode("", help="System prompt sent before the history (empty: none).").tag(config=True)
-    thread = Unicode("default", help="Thread used when a cell names none.").tag(config=True)
-    max_history = Int(0, help="Most history messages sent per turn (0: all). Storage keeps all.").tag(config=True)
-    max_history_chars = Int(0, help="Most history characters sent per turn (0: no limit).").tag(config=True)
-    renderer = Enum(["auto", "display", "widget", "terminal"], "auto",
-                    help="How replies are shown: auto picks display in Jupyter, terminal elsewhere.").tag(config=True)
-    update_interval = Float(0.05, help="Seconds between re-renders of the growing block.").tag(config=True)
-    persist = Bool(True, help="Keep history in SQLite across kernel restarts.").tag(config=True)
-    history_db = Unicode("", help="History database path (empty: Jupyter data dir).").tag(config=True)
-    connect_timeout = Float(10.0, help="Seconds to wait for a connection.").tag(config=True)
-    read_timeout = Float(60.0, help="Seconds the stream may stay silent before it is abandoned.").tag(config=True)
-    provider_options = Dict(help="Extra keyword arguments for the provider (bot_id, context_id, nonce, ...). "
-                                 "Keys belong in environment variables, not here.").tag(config=True)
-    failover = List(Unicode(), help="Provider names tried in order when the first fails before any text.").tag(config=True)
-    footer = Bool(True, help="Show tokens and timings under each reply.").tag(config=True)
-
-    def __init__(self, shell=None, **kwargs):
+    def __init__(self, shell=None, session=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
-        self._conversation = None
-        self._conversation_lock = threading.Lock()
-        self.last_reply = None  # the last completed Reply (text, usage, timings), for tools
+        if session is None:
+            from ..session import get_session
+
+            session = get_session(shell)
+        self.session = session
+        if shell is not None:
+            # Magics.__init__ listed this object as a configurable; it holds no settings
+            # (they are session.settings), so keep the shell's list to the one that does.
+            shell.configurables[:] = [c for c in shell.configurables if c is not self]
+
+    @classmethod
+    def section_names(cls):
+        # Config under "OpchatMagics" is for the settings (settings.py), which hold the traits now.
+        return [name for name in super().section_names() if name != "OpchatMagics"]
 
     # -- state -------------------------------------------------------------
     @property
+    def settings(self):
+        return self.session.settings
+
+    @property
     def conversation(self):
-        """The notebook's threads, restored from the store on first use."""
-        with self._conversation_lock:
-            if self._conversation is None:
-                from .conversation import Conversation
-                from .store import Store, StoreError, notebook_key
+        """The notebook's threads (the session's)."""
+        return self.session.conversation
 
-                store = None
-                if self.persist:
-                    try:
-                        store = Store(self.history_db or None)
-                    except (StoreError, OSError) as exc:
-                        # A damaged or unreadable history file must not stop the chat.
-                        import warnings
-
-                        warnings.warn(f"opchat: history is not saved this session: {exc}", stacklevel=2)
-                key = notebook_key(self.shell.user_ns if self.shell is not None else None)
-                self._conversation = Conversation(key, store=store, restore=store is not None)
-            return self._conversation
+    @property
+    def last_reply(self):
+        """The last completed Reply (text, usage, timings), for tools."""
+        return self.session.last_reply
 
     def _thread(self, name: Optional[str], create: bool = True):
-        name = name or self.thread
         try:
-            return self.conversation.thread(name, create=create)
+            return self.session.thread(name, create=create)
         except KeyError as exc:
             raise UsageError(_plain(exc)) from None
 
-    def _provider_class(self, name: Optional[str]):
-        from .providers.registry import get_provider
+    def _options(self, args=None, **extra):
+        from ..settings import SettingsError
 
         try:
-            return get_provider(name or self.provider)
-        except KeyError as exc:
-            raise UsageError(f"{_plain(exc)}\nPick one with -p NAME or %config OpchatMagics.provider.") from None
-
-    def chat_options(self, args=None):
-        """Everything a turn needs, from the traits and the cell's flags."""
-        from .chat import ChatOptions
-
-        chosen = getattr(args, "provider", None)
-        provider = self._provider_class(chosen)
-        if self.failover:
-            from .providers.failover import failover_provider
-
-            provider = failover_provider([provider] + [self._provider_class(n) for n in self.failover])
-        kwargs = dict(self.provider_options)
-        kwargs.setdefault("connect_timeout", self.connect_timeout)
-        kwargs.setdefault("read_timeout", self.read_timeout)
-        # `url` is the configured provider's endpoint; a `-p` override uses that
-        # provider's own default and environment (an AI Engine URL means nothing to Ollama).
-        if self.url and (chosen is None or chosen == self.provider):
-            kwargs.setdefault(getattr(provider, "url_kwarg", "url"), self.url)
-        secrets = tuple(v for v in (os.environ.get(k) for k in _KEY_VARIABLES) if v)
-        secrets += tuple(str(v) for k, v in kwargs.items() if "key" in k.lower() and v)
-        return ChatOptions(
-            provider=provider,
-            model=getattr(args, "model", None) or self.model,
-            provider_kwargs=kwargs,
-            system=getattr(args, "system", None) or self.system or None,
-            max_messages=self.max_history or None,
-            max_chars=self.max_history_chars or None,
-            include_history=not getattr(args, "no_history", False),
-            secrets=secrets,
-        )
+            return self.session.options(provider=getattr(args, "provider", None),
+                                        model=getattr(args, "model", None),
+                                        system=getattr(args, "system", None), **extra)
+        except SettingsError as exc:
+            raise UsageError(str(exc)) from None
 
     # -- the cell magic ----------------------------------------------------
     @magic_arguments()
@@ -171,11 +123,11 @@ class OpchatMagics(Magics):
             raise UsageError("The %%opchat cell is empty: write your message below the %%opchat line.")
         if args.output and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.output!r}.")
-        options = self.chat_options(args)
+        options = self._options(args, include_history=not args.no_history, retryable=not args.no_history)
         if args.no_history:
-            from .conversation import Thread
+            from ..history import Thread
 
-            thread = Thread(f"{args.thread or self.thread} (no history)")
+            thread = Thread(f"{args.thread or self.settings.thread} (no history)")
         else:
             thread = self._thread(args.thread)
         return args, thread, text, options
@@ -202,88 +154,39 @@ class OpchatMagics(Magics):
 
         return _VARIABLE.sub(value, text)
 
-    # -- running a turn ----------------------------------------------------
-    def _start(self, args, thread, text, options, on_chunk):
-        from .chat import ChatTurn
-
+    # -- running a turn (the one driver in turn.py does the work) ---------------
+    def _begin(self, thread, text, options):
         try:
-            return ChatTurn(thread, text, options, on_chunk=on_chunk)
-        except ThreadBusyError as exc:
-            raise UsageError(str(exc)) from None
-        except ValueError as exc:
+            return self.session.begin(thread, text, options)
+        except (ThreadBusyError, ValueError) as exc:
             raise UsageError(str(exc)) from None
 
     def _renderer(self, args):
-        from .render import Renderer, choose_face
+        from ..render import Renderer, choose_face
 
-        kind = "terminal" if args.format == "text" and self.renderer == "auto" else self.renderer
-        return Renderer(choose_face(kind)(), interval=self.update_interval)
+        kind = self.settings.renderer
+        if args.format == "text" and kind == "auto":
+            kind = "terminal"
+        return Renderer(choose_face(kind)(), interval=self.settings.update_interval)
 
     async def _run_async(self, args, thread, text, options):
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        chat = self._start(args, thread, text, options, on_chunk=lambda: loop.call_soon_threadsafe(wake.set))
+        turn = self._begin(thread, text, options)
         renderer = self._renderer(args)
-        chat.start()
-        done = asyncio.wrap_future(chat.future)
-        try:
-            while not done.done():
-                waiter = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({done, waiter}, timeout=self.update_interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                wake.clear()
-                self._pump(chat, renderer)
-        except asyncio.CancelledError:
-            # A kernel interrupt: stop the stream (closing its connection), keep what arrived.
-            self._stop(chat)
-        return self._conclude(args, chat, renderer)
+        outcome = await turn.drive(renderer)
+        return self._conclude(args, outcome)
 
     def _run_sync(self, args, thread, text, options):
-        wake = threading.Event()
-        chat = self._start(args, thread, text, options, on_chunk=wake.set)
+        turn = self._begin(thread, text, options)
         renderer = self._renderer(args)
-        chat.start()
-        try:
-            while not chat.done:
-                wake.wait(self.update_interval)
-                wake.clear()
-                self._pump(chat, renderer)
-        except KeyboardInterrupt:
-            self._stop(chat)
-        return self._conclude(args, chat, renderer)
+        outcome = turn.drive_blocking(renderer)
+        return self._conclude(args, outcome)
 
-    @staticmethod
-    def _pump(chat, renderer) -> None:
-        text = chat.drain()
-        if text:
-            renderer.feed(text)
-        renderer.tick()
-
-    @staticmethod
-    def _stop(chat) -> None:
-        chat.cancel()
-        chat.wait_closed(1.0)
-
-    def _conclude(self, args, chat, renderer):
-        text = chat.drain()
-        if text:
-            renderer.feed(text)
-        # The turn's own status decides: a Stop that lost the race with the
-        # commit leaves a cancelled future, but a complete, committed reply.
-        completed = chat.turn.status == "complete"
-        error = None if completed else chat.error
-        if error is None and not completed:
-            error = StoppedError(partial=chat.text) if chat.future.cancelled() else chat.future.exception()
-        if error is not None:
-            stopped = isinstance(error, StoppedError)
-            message = chat.describe(error)
-            renderer.fail(message, stopped=stopped)
-            raise _quiet(error, "■ Stopped: what arrived is kept above. %opchat_retry sends it again."
-                         if stopped else f"{type(error).__name__}: {message}\n%opchat_retry sends it again.")
-        reply = self.last_reply = chat.reply
-        renderer.finish(footer_text(reply) if self.footer else None)
-        reply_text = reply.text
+    def _conclude(self, args, outcome):
+        """What a cell does with the outcome the driver decided (and already rendered)."""
+        self.session.completed(outcome)
+        if not outcome.complete:
+            raise _quiet(outcome.error, outcome.summary())
+        reply_text = outcome.reply.text
         if args.output:
             self.shell.user_ns[args.output] = reply_text
         if args.format == "code":
@@ -329,7 +232,7 @@ class OpchatMagics(Magics):
                 raise UsageError(f"--export writes .md or .json files, not {path.name!r}.")
             print(f"opchat: thread {thread.name!r} written to {path}")
             return
-        from .render import sanitize_markdown
+        from ..render import sanitize_markdown
 
         transcript = thread.to_markdown()
         display(Markdown(sanitize_markdown(transcript) if transcript.strip() else f"*Thread {thread.name!r} is empty.*"))
@@ -337,14 +240,14 @@ class OpchatMagics(Magics):
     @line_magic("opchat_threads")
     def opchat_threads(self, line):
         """List this notebook's threads."""
-        from .render import escape_text
+        from ..render import escape_text
 
         rows = ["| thread | messages | last turn |", "|---|---|---|"]
         for name in self.conversation.threads():
             thread = self.conversation.thread(name)
             failed = thread.last_failed
             state = f"{failed.status} (retry with %opchat_retry -t {name})" if failed else "ok"
-            mark = " (default)" if name == self.thread else ""
+            mark = " (default)" if name == self.settings.thread else ""
             # Thread names are user text (and come back from the store): escape them.
             rows.append(f"| {escape_text(name)}{mark} | {len(thread.messages)} | {escape_text(state)} |")
         display(Markdown("\n".join(rows)))
@@ -358,47 +261,31 @@ class OpchatMagics(Magics):
         thread = self._thread(args.thread, create=False)
         if thread.last_failed is None:
             raise UsageError(f"Thread {thread.name!r} has no failed turn to retry.")
-        cell_args = self._parse(self.opchat, "" if not args.thread else f"-t {args.thread}")
-        return self._run_sync(cell_args, thread, None, self.chat_options(cell_args))
+        cell_args = self._parse(self.opchat, "")
+        return self._run_sync(cell_args, thread, None, self._options(cell_args))
 
     @magic_arguments()
     @argument("-t", "--thread", help="Thread the panel opens on. Default: OpchatMagics.thread.")
     @line_magic("opchat_panel")
     def opchat_panel(self, line):
         """Show a chat panel (input, Send, Stop, transcript) sharing the notebook's history."""
-        from .panel import show_panel
+        from ..panel import show_panel
 
         args = self._parse(self.opchat_panel, line)
-        show_panel(self, thread=args.thread)
+        show_panel(self.session, thread=args.thread)
 
     @line_magic(MAGIC_NAME)
     def opchat_line(self, line):
         """`%opchat providers`: list providers. `%opchat config`: show settings."""
         word = line.strip()
         if word == "providers":
-            from .providers.registry import providers_table
+            from ..providers.registry import providers_table
 
             display(Markdown(providers_table()))
         elif word == "config":
-            names = sorted(self.trait_names(config=True))
-            display(Markdown("\n".join(f"- `{n}` = `{getattr(self, n)!r}`" for n in names)))
+            display(Markdown(self.settings.describe()))
         else:
             raise UsageError("%opchat takes `providers` or `config`; a chat goes in a %%opchat cell.")
-
-
-def footer_text(reply) -> str:
-    """Tokens and timings under a reply: `12 tokens · first chunk 0.08 s · 1.20 s`."""
-    parts = []
-    usage = reply.usage
-    if usage is not None and usage.total_tokens is not None:
-        parts.append(f"{usage.total_tokens} tokens")
-    if reply.time_to_first_chunk is not None:
-        parts.append(f"first chunk {reply.time_to_first_chunk:.2f} s")
-    if reply.total_time is not None:
-        parts.append(f"{reply.total_time:.2f} s")
-    if reply.provider:
-        parts.append(reply.provider + (f" / {reply.model}" if reply.model else ""))
-    return " · ".join(parts)
 
 
 def extract_code(markdown: str) -> str:
@@ -430,56 +317,32 @@ def _quiet(error: BaseException, text: str) -> BaseException:
 
 # -- wiring into IPython -------------------------------------------------------
 
-def transform_opchat_cell(lines: list) -> list:
-    """Rewrite a ``%%opchat`` cell into a top-level await (see module docstring)."""
-    if not lines or not _FIRST_LINE.match(lines[0]):
-        return lines
-    first = lines[0].strip()
-    if first.endswith("?"):
-        return lines  # `%%opchat?` asks for help
-    line = first[len("%%" + MAGIC_NAME):].strip()
-    body = "".join(lines[1:])
-    return [f"await __import__('opchat_magic.magics').magics._await_cell({line!r}, {body!r})\n"]
-
-
-async def _await_cell(line: str, cell: str):
-    from IPython import get_ipython
-
-    magics = get_ipython().magics_manager.registry["OpchatMagics"]
-    return await magics.opchat_async(line, cell)
-
-
-def _can_await(shell) -> bool:
-    """True in ipykernel with autoawait on: the only place the rewrite is used."""
-    return type(shell).__name__ == "ZMQInteractiveShell" and getattr(shell, "autoawait", False)
-
-
-class _Transformer:
-    """Applies the rewrite only while the shell can run top-level await."""
-
-    def __init__(self, shell):
-        self.shell = shell
-
-    def __call__(self, lines):
-        return transform_opchat_cell(lines) if _can_await(self.shell) else lines
-
-
 def load_ipython_extension(ipython) -> None:
+    """Register the magics and the cell rewrite; open the kernel's Session (restoring history)."""
+    from ..session import get_session
+    from .transformer import install
+
     if "OpchatMagics" in ipython.magics_manager.registry:
         return
-    magics = OpchatMagics(shell=ipython)
-    ipython.register_magics(magics)
-    ipython.input_transformers_cleanup.append(_Transformer(ipython))
-    if magics.persist:
-        magics.conversation  # restore history now, so the first cell doesn't pay for it
+    session = get_session(ipython)
+    ipython.register_magics(OpchatMagics(shell=ipython, session=session))
+    install(ipython)
+    if session.settings.persist:
+        session.conversation  # restore history now, so the first cell doesn't pay for it
 
 
 def unload_ipython_extension(ipython) -> None:
-    ipython.input_transformers_cleanup[:] = [
-        t for t in ipython.input_transformers_cleanup if not isinstance(t, _Transformer)]
+    """Undo ``load_ipython_extension``: magics, rewrite, and the Session (its store closed)."""
+    from ..session import close_session
+    from .transformer import uninstall
+
+    uninstall(ipython)
     magics = ipython.magics_manager.registry.pop("OpchatMagics", None)
     for kind in ("cell", "line"):
         table = ipython.magics_manager.magics[kind]
         for name, fn in list(table.items()):
             if getattr(fn, "__self__", None) is magics:
                 del table[name]
+    if magics is not None:
+        ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+    close_session(ipython)

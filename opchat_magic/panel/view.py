@@ -1,31 +1,13 @@
-"""``ChatPanel``: a chat widget over the same conversation as the ``%%opchat`` cells.
+"""The chat panel's view: its widgets, the transcript, the status line.
 
-The panel is a second front door (see ARCHITECTURE.md): a turn it sends is a
-:class:`~opchat_magic.chat.ChatTurn` on the private loop, on a thread of the
-``OpchatMagics`` conversation, so panel and cells share one history. Nothing
-here streams, keeps history or decodes anything itself.
-
-Threads of control:
-
-* Button clicks (Send, Stop, Retry, New thread) arrive on the kernel's main
-  thread. They start or cancel a turn and return at once; the kernel stays
-  free to run other cells while the reply streams.
-* The reply is rendered on the private loop thread by a small task that drains
-  the turn's chunks into a :class:`~opchat_magic.render.Renderer` with a
-  ``WidgetFace`` every ``update_interval`` seconds (the renderer throttles
-  itself). From that thread the panel only sets traits (the face also adds
-  one ``Output`` per completed block, by trait sets on its own VBox; never
-  ``with out:`` capture).
-* The panel's own widgets are created on the kernel's thread. When the loop
-  thread sees something that needs new ones (a ``%%opchat`` cell committed a
-  turn on the panel's thread, made a thread), it hands the refresh to the
-  kernel's event loop, which runs it between cells or while a cell awaits.
-  The thread is looked at every ``WATCH_INTERVAL`` seconds (Thread has no
-  commit callback).
+The view draws; it decides nothing. The controller (``controller.py``)
+tells it what to show. Widgets are created on the kernel's thread only; from
+the private loop the view is only told to set traits (the status line, the
+buttons, the live reply's face), which ipywidgets allows from any thread.
 
 Enter to send: ipywidgets' ``Textarea`` has no key events and syncs its value on
 every keystroke (``continuous_update``), so Enter cannot be told from a newline
-on the kernel side. The panel adds a few lines of JavaScript (a trusted
+on the kernel side. The view adds a few lines of JavaScript (a trusted
 ``application/javascript`` output, no extension): plain Enter in the panel's
 text area appends an invisible marker (U+2063) to the value instead of a
 newline; the kernel sees the marker arrive with the value (state updates keep
@@ -36,27 +18,17 @@ Send button is the way to send.
 """
 from __future__ import annotations
 
-import asyncio
 import html
 import re
-import threading
-import time
-import weakref
-from types import SimpleNamespace
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .errors import StoppedError, ThreadBusyError
-
-__all__ = ["ChatPanel", "show_panel", "last_panel", "SEND_MARK"]
+__all__ = ["PanelView", "SEND_MARK"]
 
 # Appended to the input's value by the Enter key helper: "send this".
 SEND_MARK = "\u2063"  # INVISIBLE SEPARATOR
 
 # A newline between two non-blank lines: made a Markdown hard break in user messages.
 _HARD_BREAK = re.compile(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)")
-
-# Seconds between looks at the thread for changes made elsewhere (cells).
-WATCH_INTERVAL = 0.5
 
 _ENTER_TO_SEND_JS = r"""
 (function () {
@@ -93,47 +65,8 @@ _CSS = """
 </style>
 """
 
-_last: Optional["weakref.ref[ChatPanel]"] = None
 
-
-def last_panel() -> Optional["ChatPanel"]:
-    """The panel made most recently in this process (None if gone)."""
-    return _last() if _last is not None else None
-
-
-def show_panel(magics, thread: Optional[str] = None) -> "ChatPanel":
-    """Make a panel on ``thread`` (default: ``magics.thread``), display it, return it.
-
-    What ``%opchat_panel [-t THREAD]`` calls. The panel is already displayed, so
-    the magic should return None (returning the panel would display it twice).
-    """
-    from IPython.display import display
-
-    panel = ChatPanel(thread=thread, magics=magics)
-    display(panel)
-    return panel
-
-
-def _default_magics():
-    """The loaded extension's OpchatMagics; loads the extension in IPython, else a standalone one."""
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        shell = None
-    from .magics import OpchatMagics, load_ipython_extension
-
-    if shell is None:
-        return OpchatMagics(shell=None)
-    registry = shell.magics_manager.registry
-    if "OpchatMagics" not in registry:
-        # One conversation per kernel: cells and panels must share it.
-        load_ipython_extension(shell)
-    return registry["OpchatMagics"]
-
-
-def _markdown_widget(text: str):
+def markdown_widget(text: str):
     """An Output widget showing ``text`` (already sanitised) as Markdown."""
     import ipywidgets as w
 
@@ -143,70 +76,44 @@ def _markdown_widget(text: str):
     return out
 
 
-def _close_tree(widget) -> None:
+def close_tree(widget) -> None:
     for child in getattr(widget, "children", ()) or ():
-        _close_tree(child)
+        close_tree(child)
     try:
         widget.close()
     except Exception:
         pass
 
 
-class ChatPanel:
-    """A chat widget on one thread of the notebook's conversation.
+class PanelView:
+    """The panel's widgets. ``widget`` is the whole panel; the rest are its parts.
 
-    ``ChatPanel(thread="default", magics=None)``; ``magics`` is an
-    ``OpchatMagics`` (None: the loaded extension's, loading it if needed, or a
-    standalone configuration outside IPython). Display it like any widget.
-
-    Programmatic use (what the buttons do)::
-
-        panel.input.value = "Hello"; panel.send()   # or panel.send("Hello")
-        panel.stop(); panel.retry(); panel.switch_thread("other"); panel.refresh()
-        panel.busy          # a reply is streaming from this panel
-        panel.status_text   # the status line, as plain text
-        panel.transcript_markdown()  # what the transcript shows, as Markdown
-
-    Widgets: ``widget`` (the whole panel), ``transcript``, ``input``,
-    ``send_button``, ``stop_button``, ``retry_button``, ``thread_select``,
-    ``new_thread``, ``new_thread_button``, ``provider_select``, ``model``,
-    ``status``.
+    Parts: ``transcript``, ``input``, ``send_button``, ``stop_button``,
+    ``retry_button``, ``thread_select``, ``new_thread``, ``new_thread_button``,
+    ``provider_select``, ``model``, ``status``.
     """
 
-    def __init__(self, thread: Optional[str] = None, magics=None, *, max_height: str = "420px",
-                 watch: bool = True):
+    _STATUS_CSS = {"error": "opchat-status-error", "busy": "opchat-status-busy",
+                   "elsewhere": "opchat-status-busy", "stopped": "opchat-status-busy"}
+
+    def __init__(self, *, threads: Sequence[str], thread: str, providers: Sequence[str], provider: str,
+                 model: str, max_height: str = "420px"):
         import ipywidgets as w
 
-        global _last
-        self.magics = magics if magics is not None else _default_magics()
-        self.conversation = self.magics.conversation
-        self.thread = self.conversation.thread(thread or self.magics.thread)
-        self.interval = float(getattr(self.magics, "update_interval", 0.05) or 0.05)
-        self.chat = None  # the ChatTurn streaming now, if any
-        self._renderer = None
-        self._lock = threading.RLock()
         self._shown: Dict[tuple, Any] = {}  # (turn id, status) -> the turn's widget
-        self._seen = None  # the thread's signature when the transcript was last built
-        self._closed = False
-        self._updating = False  # set while the panel itself changes selector values
-        self._refresh_queued = False  # a refresh waits for the kernel's loop
-        self._kernel_loop = self._running_loop()
-
-        # -- the widgets -------------------------------------------------------
         self._style = w.HTML(_CSS)
         self._keys = w.Output(layout=w.Layout(display="none"))
         self._keys.outputs = ({"output_type": "display_data", "metadata": {},
                                "data": {"application/javascript": _ENTER_TO_SEND_JS, "text/plain": ""}},)
         compact = {"description_width": "initial"}
-        self.thread_select = w.Dropdown(description="Thread", options=self.conversation.threads(),
-                                        value=self.thread.name, style=compact, layout=w.Layout(width="200px"))
+        self.thread_select = w.Dropdown(description="Thread", options=list(threads), value=thread,
+                                        style=compact, layout=w.Layout(width="200px"))
         self.new_thread = w.Text(placeholder="new thread name", layout=w.Layout(width="140px"))
         self.new_thread_button = w.Button(description="New", tooltip="Start (or open) the thread named left",
                                           layout=w.Layout(width="60px"))
-        providers, current = self._providers(self.magics.provider)
-        self.provider_select = w.Dropdown(description="Provider", options=providers, value=current,
+        self.provider_select = w.Dropdown(description="Provider", options=list(providers), value=provider,
                                           style=compact, layout=w.Layout(width="200px"))
-        self.model = w.Text(value=self.magics.model, placeholder="default model", description="Model",
+        self.model = w.Text(value=model, placeholder="default model", description="Model",
                             style=compact, layout=w.Layout(width="200px"))
         self._items = w.VBox(layout=w.Layout(width="100%"))
         self._live = w.VBox(layout=w.Layout(width="100%"))
@@ -240,327 +147,84 @@ class ChatPanel:
             self.status,
         ], layout=w.Layout(width="100%"))
         self.widget.add_class("opchat-panel")
-        self._status_text, self._status_kind = "", ""
+        self.status_text, self.status_kind = "", ""
+        self._updating = False  # set while the view itself changes selector values
 
-        # -- wiring ------------------------------------------------------------
-        self.send_button.on_click(lambda _b: self.send())
-        self.stop_button.on_click(lambda _b: self.stop())
-        self.retry_button.on_click(lambda _b: self.retry())
-        self.new_thread_button.on_click(lambda _b: self._new_thread())
-        self.thread_select.observe(self._on_thread_selected, "value")
-        self.input.observe(self._on_input, "value")
+    # -- wiring ---------------------------------------------------------------------
+    def connect(self, *, send: Callable[[], None], stop: Callable[[], None], retry: Callable[[], None],
+                new_thread: Callable[[str], None], thread_selected: Callable[[str], None],
+                input_marked: Callable[[str], None]) -> None:
+        """Route the widgets' events to the controller's actions."""
+        self.send_button.on_click(lambda _b: send())
+        self.stop_button.on_click(lambda _b: stop())
+        self.retry_button.on_click(lambda _b: retry())
+        self.new_thread_button.on_click(lambda _b: new_thread(self.new_thread.value.strip()))
 
-        self.refresh()
-        if watch:
-            self._start_watch()
-        _last = weakref.ref(self)
+        def selected(change) -> None:
+            if not self._updating and change["new"] is not None:
+                thread_selected(change["new"])
 
-    # -- display -------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        def typed(change) -> None:
+            new = change["new"] or ""
+            if SEND_MARK in new:
+                input_marked(new.replace(SEND_MARK, ""))
 
-    def __repr__(self) -> str:
-        state = ", streaming" if self.busy else ""
-        return f"<ChatPanel thread={self.thread.name!r}{state}>"
+        self.thread_select.observe(selected, "value")
+        self.input.observe(typed, "value")
 
-    # -- state ---------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """A reply is streaming from this panel."""
-        return self.chat is not None
+    # -- status and buttons (safe from any thread: trait sets only) --------------------
+    def set_status(self, text: str, kind: str) -> None:
+        """Set the status line (plain ``text``; ``kind`` picks its colour)."""
+        if text and kind in ("busy", "elsewhere") and not text.startswith("●"):
+            text = "● " + text
+        if text and kind == "error" and not text.startswith("✗"):
+            text = "✗ " + text
+        self.status_text, self.status_kind = text, kind
+        css = self._STATUS_CSS.get(kind, "")
+        self.status.value = f"<span class='{css}'>{html.escape(text)}</span>" if text else ""
 
-    @property
-    def status_text(self) -> str:
-        """The status line as plain text."""
-        return self._status_text
-
-    def close(self) -> None:
-        """Stop any reply, stop watching the thread, close every widget."""
-        self._closed = True
-        self.stop()
-        _close_tree(self.widget)
-
-    # -- actions -------------------------------------------------------------
-    def send(self, text: Optional[str] = None):
-        """Send ``text`` (default: the input box) on the panel's thread; returns the ChatTurn or None.
-
-        Returns at once: the reply streams on the private loop. None means
-        nothing was sent; the status line says why (a reply already streaming,
-        the thread busy with another cell, an empty message, a bad provider).
-        """
-        from_input = text is None
-        if from_input:
-            text = self.input.value
-        return self._send(text.replace(SEND_MARK, ""), from_input)
-
-    def _send(self, text: str, from_input: bool):
-        if self.busy:
-            self._set_status("A reply is still streaming: wait for it or Stop it first.", "busy")
-            return None
-        if not text.strip():
-            self._set_status("Nothing to send: write a message first.", "error")
-            return None
-        return self._start(text, from_input)
-
-    def retry(self):
-        """Send the thread's last failed or stopped turn again; returns the ChatTurn or None."""
-        if self.busy:
-            self._set_status("A reply is still streaming: wait for it or Stop it first.", "busy")
-            return None
-        if self.thread.last_failed is None:
-            self._set_status(f"Thread {self.thread.name!r} has no failed message to retry.", "error")
+    def set_streaming(self, streaming: bool) -> None:
+        for widget in (self.thread_select, self.new_thread_button, self.provider_select, self.model):
+            widget.disabled = streaming
+        self.send_button.disabled = streaming
+        self.stop_button.disabled = not streaming
+        if streaming:
             self.retry_button.layout.display = "none"
-            return None
-        return self._start(None, False)
 
-    def stop(self) -> None:
-        """Stop the streaming reply: the connection closes, the partial text stays, marked stopped."""
-        chat = self.chat
-        if chat is not None:
-            self.stop_button.disabled = True
-            chat.cancel()
+    def show_outcome(self, outcome, footer: str, retry: bool) -> None:
+        """The status line and Retry button once a turn from this panel has ended."""
+        if outcome.complete:
+            self.show_retry(retry)
+            self.set_status("✓ " + (footer or "done"), "done")
+        elif outcome.stopped:
+            self.show_retry(True)
+            self.set_status(f"■ Stopped after {outcome.chars} characters: the partial reply stays "
+                            "above, out of the history. Retry sends the message again.", "stopped")
+        else:
+            self.show_retry(True)
+            self.set_status(f"{type(outcome.error).__name__}: {outcome.message} (nothing was added to "
+                            "the history; Retry sends the message again)", "error")
 
-    def switch_thread(self, name: str) -> None:
-        """Show (and send on) thread ``name``, creating it if new."""
-        name = (name or "").strip()
-        if not name:
-            self._set_status("A thread needs a name.", "error")
-            return
-        if self.busy:
-            self._set_status("Stop the streaming reply before switching threads.", "busy")
-            self._select_thread(self.thread.name)
-            return
-        self.thread = self.conversation.thread(name)
-        self._set_status("", "")
-        self.retry_button.layout.display = "none"
-        self.refresh()
+    def show_retry(self, show: bool) -> None:
+        self.retry_button.layout.display = None if show else "none"
 
-    def refresh(self) -> None:
-        """Rebuild the thread list and the transcript from the conversation (kernel thread)."""
-        with self._lock:
-            self._update_thread_options()
-            self._rebuild(create=True)
-
-    # -- starting a turn -----------------------------------------------------
-    def _options(self):
-        args = SimpleNamespace(provider=self.provider_select.value or None,
-                               model=self.model.value.strip() or None)
-        return self.magics.chat_options(args)
-
-    def _start(self, text: Optional[str], from_input: bool):
-        import ipywidgets as w
-
-        from .chat import ChatTurn
-        from .loop import get_loop
-        from .render import Renderer, WidgetFace
-
+    def set_threads(self, names: List[str], current: str) -> None:
+        """The thread selector's options and value, without firing the controller's handler."""
+        if current not in names:
+            names = names + [current]
+        self._updating = True
         try:
-            options = self._options()
-        except Exception as exc:  # an unknown provider, a bad setting
-            self._set_status(_message(exc), "error")
-            return None
-        wake = asyncio.Event()
-        try:
-            chat = ChatTurn(self.thread, text, options, on_chunk=wake.set)
-        except ThreadBusyError as exc:
-            self._set_status(f"Thread busy: {exc}", "busy")
-            return None
-        except ValueError as exc:  # an empty message, nothing to retry
-            self._set_status(_message(exc), "error")
-            return None
-        try:
-            with self._lock:
-                self._rebuild(create=True)  # catch up with cells before the new turn appears
-                face = WidgetFace()
-                renderer = Renderer(face, interval=self.interval)
-                user = self._message_widget("user", chat.turn.user)
-                turn_box = w.VBox([user, self._message_box("assistant", face.widget)],
-                                  layout=w.Layout(width="100%"))
-                self._live.children = (turn_box,)
-                self.chat, self._renderer = chat, renderer
-                if from_input:
-                    self.input.value = ""
-                self._set_streaming(True)
-                self._set_status("Streaming…", "busy")
-            chat.start()
-            get_loop().submit(self._drive(chat, renderer, turn_box, wake))
-        except BaseException as exc:
-            # Never leave the thread busy forever because the panel failed to start.
-            if not chat.done:
-                chat.thread.fail(chat.turn, error=_message(exc), partial="", stopped=False)
-            self.chat = self._renderer = None
-            self._set_streaming(False)
-            self._set_status(_message(exc), "error")
-            raise
-        return chat
-
-    # -- the private loop side -------------------------------------------------
-    async def _drive(self, chat, renderer, turn_box, wake: asyncio.Event) -> None:
-        """Render ``chat`` as it streams; runs on the private loop. Sets traits only."""
-        try:
-            status_due = 0.0
-            while not chat.done:
-                try:
-                    await asyncio.wait_for(wake.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
-                wake.clear()
-                text = chat.drain()
-                if text:
-                    renderer.feed(text)
-                renderer.tick()
-                now = time.monotonic()
-                if now >= status_due and not chat.done:
-                    status_due = now + 0.25
-                    self._set_status(self._progress(chat), "busy")
-            if chat.future.cancelled():
-                # Stop: give the stream's task up to a second to unwind and close its connection.
-                finished = getattr(chat.future, "finished", None)
-                deadline = time.monotonic() + 1.0
-                while finished is not None and not finished.is_set() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-            self._conclude(chat, renderer)
-        except Exception as exc:  # the panel's own failure: say so, never leave it stuck
-            self._set_status(f"The panel failed to render the reply: {_message(exc)}", "error")
+            if tuple(self.thread_select.options) != tuple(names):
+                self.thread_select.options = names
+            if self.thread_select.value != current:
+                self.thread_select.value = current
         finally:
-            with self._lock:
-                self.chat = self._renderer = None
-                turn = chat.turn
-                if turn.status in ("complete", "failed", "stopped"):
-                    self._shown[(turn.id, turn.status)] = turn_box
-                if self._live.children and self._live.children[0] is turn_box:
-                    self._live.children = ()
-                    self._items.children = tuple(self._items.children) + (turn_box,)
-                self._set_streaming(False)
-            self._sync_from_loop()
+            self._updating = False
 
-    def _conclude(self, chat, renderer) -> None:
-        text = chat.drain()
-        if text:
-            renderer.feed(text)
-        error = chat.error
-        if error is None and chat.future.cancelled():
-            error = StoppedError(partial=chat.text)
-        if error is None:
-            error = chat.future.exception()
-        if error is not None:
-            stopped = isinstance(error, StoppedError)
-            message = chat.describe(error)
-            renderer.fail(message, stopped=stopped)
-            self.retry_button.layout.display = None
-            if stopped:
-                self._set_status(f"■ Stopped after {len(chat.text)} characters: the partial reply stays "
-                                 "above, out of the history. Retry sends the message again.", "stopped")
-            else:
-                self._set_status(f"{type(error).__name__}: {message} (nothing was added to the history; "
-                                 "Retry sends the message again)", "error")
-            return
-        from .magics import footer_text
-
-        reply = chat.future.result()
-        footer = footer_text(reply)
-        renderer.finish(footer if getattr(self.magics, "footer", True) else None)
-        # An earlier stopped/failed turn that this one did not answer stays retryable.
-        self.retry_button.layout.display = None if chat.thread.last_failed is not None else "none"
-        self._set_status("✓ " + (footer or "done"), "done")
-
-    @staticmethod
-    def _progress(chat) -> str:
-        reply = chat.reply
-        parts = [f"Streaming… {len(chat.text)} characters"]
-        if reply is not None:
-            if reply.time_to_first_chunk is not None:
-                parts.append(f"first chunk {reply.time_to_first_chunk:.2f} s")
-            parts.append(f"{time.perf_counter() - reply.started_at:.1f} s")
-        return " · ".join(parts)
-
-    # -- watching the thread for changes made elsewhere --------------------------
-    def _signature(self):
-        """What the transcript was built from: O(1) in the thread's length (``Thread.version``)."""
-        thread = self.thread
-        pending = thread.pending
-        return (thread.name, thread.version, pending.id if pending is not None else None,
-                tuple(self.conversation.threads()))
-
-    def _start_watch(self) -> None:
-        from .loop import get_loop
-
-        ref = weakref.ref(self)
-
-        async def watch():
-            while True:
-                await asyncio.sleep(WATCH_INTERVAL)
-                panel = ref()
-                if panel is None or panel._closed:
-                    return
-                try:
-                    panel._check_thread()
-                except Exception:
-                    pass
-                del panel
-
-        get_loop().submit(watch())
-
-    def _check_thread(self) -> None:
-        """On the loop: if a cell changed the thread (or made one), refresh on the kernel thread."""
-        if self.busy:
-            return
-        thread = self.thread
-        pending = thread.pending
-        if pending is not None:
-            if self._status_kind != "elsewhere":
-                self._set_status(f"Thread {thread.name!r} is answering elsewhere (a %%opchat cell or "
-                                 "another panel)…", "elsewhere")
-            return
-        if self._status_kind == "elsewhere":
-            self._set_status("", "")
-        if self._signature() != self._seen:
-            self._sync_from_loop()
-
-    def _sync_from_loop(self) -> None:
-        """Bring the transcript up to date from the loop thread, creating no widgets there."""
-        with self._lock:
-            if self.busy:
-                return
-            names = self.conversation.threads()
-            if tuple(self.thread_select.options) == tuple(names) and self._rebuild(create=False):
-                return
-            if self._refresh_queued:  # the kernel is busy with a cell; one queued refresh is enough
-                return
-            self._refresh_queued = True
-        self._in_kernel(self._queued_refresh)
-
-    def _queued_refresh(self) -> None:
-        self._refresh_queued = False
-        self.refresh()
-
-    def _in_kernel(self, fn) -> None:
-        loop = self._kernel_loop
-        if loop is not None and not loop.is_closed() and loop.is_running():
-            loop.call_soon_threadsafe(self._guarded, fn)
-        else:  # no kernel loop (plain Python): no frontend to race with
-            self._guarded(fn)
-
-    def _guarded(self, fn) -> None:
-        if self._closed:
-            return
-        try:
-            fn()
-        except Exception as exc:
-            self._set_status(f"The panel failed to refresh: {_message(exc)}", "error")
-
-    @staticmethod
-    def _running_loop():
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return loop if threading.current_thread() is threading.main_thread() else None
-
-    # -- the transcript ----------------------------------------------------------
-    def _rebuild(self, create: bool) -> bool:
-        """Show the thread's turns; reuse each turn's widget. False if ``create`` was needed."""
-        turns = self.thread.turns
+    # -- the transcript ------------------------------------------------------------------
+    def show_turns(self, turns, create: bool) -> bool:
+        """Show ``turns``, reusing each turn's widget. False (nothing changed) if one had to be made
+        and ``create`` is False (the caller is not on the kernel's thread)."""
         items: List[Any] = []
         for turn in turns:
             key = (turn.id, turn.status)
@@ -568,28 +232,41 @@ class ChatPanel:
             if box is None:
                 if not create:
                     return False
-                box = self._shown[key] = self._turn_widget(turn)
+                box = self._shown[key] = self.turn_widget(turn)
             items.append(box)
         if tuple(items) != tuple(self._items.children):
             self._items.children = tuple(items)
-        self._seen = self._signature()
         if create:
             keep = set(map(id, items)) | set(map(id, self._live.children))
             for key, box in list(self._shown.items()):
                 if id(box) not in keep:
                     del self._shown[key]
-                    _close_tree(box)
-            failed = self.thread.last_failed
-            if not self.busy:
-                self.retry_button.layout.display = None if failed is not None else "none"
+                    close_tree(box)
         return True
 
-    def _turn_widget(self, turn):
+    def start_live(self, user_text: str, face_widget) -> Any:
+        """Show the turn being sent: the user's message and the reply's live face (kernel thread)."""
         import ipywidgets as w
 
-        from .render import escape_text, sanitize_markdown
+        box = w.VBox([self.message_widget("user", user_text), self.message_box("assistant", face_widget)],
+                     layout=w.Layout(width="100%"))
+        self._live.children = (box,)
+        return box
 
-        user = self._message_widget("user", turn.user)
+    def end_live(self, box, turn) -> None:
+        """The live turn has ended: it joins the transcript as it is (trait sets only)."""
+        if turn.status in ("complete", "failed", "stopped"):
+            self._shown[(turn.id, turn.status)] = box
+        if self._live.children and self._live.children[0] is box:
+            self._live.children = ()
+            self._items.children = tuple(self._items.children) + (box,)
+
+    def turn_widget(self, turn):
+        import ipywidgets as w
+
+        from ..render import escape_text, sanitize_markdown
+
+        user = self.message_widget("user", turn.user)
         body = sanitize_markdown(turn.reply) if turn.reply else ""
         if turn.status == "complete":
             note = _turn_footer(turn)
@@ -600,19 +277,19 @@ class ChatPanel:
         else:
             error = (turn.error or "unknown error").replace("\n", " ")
             body += f"\n\n*✗ Failed: {escape_text(error)}. Not part of the history; Retry sends it again.*"
-        return w.VBox([user, self._message_box("assistant", _markdown_widget(body.strip()))],
+        return w.VBox([user, self.message_box("assistant", markdown_widget(body.strip()))],
                       layout=w.Layout(width="100%"))
 
-    def _message_widget(self, role: str, text: str):
-        from .render import sanitize_markdown
+    def message_widget(self, role: str, text: str):
+        from ..render import sanitize_markdown
 
         shown = sanitize_markdown(text)
         if role == "user":  # what the user typed on separate lines stays on separate lines
             shown = _HARD_BREAK.sub("  \n", shown)
-        return self._message_box(role, _markdown_widget(shown))
+        return self.message_box(role, markdown_widget(shown))
 
     @staticmethod
-    def _message_box(role: str, body):
+    def message_box(role: str, body):
         """One message: its role label ("You" / "Assistant") over ``body``, styled by role."""
         import ipywidgets as w
 
@@ -624,7 +301,7 @@ class ChatPanel:
         return box
 
     def transcript_markdown(self) -> str:
-        """The Markdown (and status text) the transcript shows now, in order: for tests and export."""
+        """The Markdown (and status text) the transcript shows now, in order."""
         parts: List[str] = []
 
         def walk(widget):
@@ -642,116 +319,22 @@ class ChatPanel:
                 for child in widget.children:
                     walk(child)
             elif type(widget).__name__ in ("HTML", "HTMLMath", "Label"):
-                parts.append(html.unescape(_strip_tags(widget.value)))
+                parts.append(html.unescape(re.sub(r"<[^>]*>", "", widget.value or "")))
 
         walk(self._items)
         walk(self._live)
         return "\n\n".join(p for p in parts if p)
 
-    # -- selectors ---------------------------------------------------------------
-    def _update_thread_options(self) -> None:
-        names = self.conversation.threads()
-        if self.thread.name not in names:
-            names.append(self.thread.name)
-        self._updating = True
-        try:
-            if tuple(self.thread_select.options) != tuple(names):
-                self.thread_select.options = names
-            if self.thread_select.value != self.thread.name:
-                self.thread_select.value = self.thread.name
-        finally:
-            self._updating = False
-
-    def _select_thread(self, name: str) -> None:
-        self._updating = True
-        try:
-            self.thread_select.value = name
-        finally:
-            self._updating = False
-
-    def _on_thread_selected(self, change) -> None:
-        if self._updating or change["new"] is None or change["new"] == self.thread.name:
-            return
-        self.switch_thread(change["new"])
-
-    def _new_thread(self) -> None:
-        name = self.new_thread.value.strip()
-        if not name:
-            self._set_status("Type a name for the new thread first.", "error")
-            return
-        if self.busy:
-            self._set_status("Stop the streaming reply before switching threads.", "busy")
-            return
-        self.new_thread.value = ""
-        self.switch_thread(name)
-
-    def _on_input(self, change) -> None:
-        new = change["new"] or ""
-        if SEND_MARK not in new:
-            return
-        text = new.replace(SEND_MARK, "")
-        if self._send(text, from_input=True) is None:
-            self.input.value = text  # keep what the user wrote; the status line says why
-
-    @staticmethod
-    def _providers(current: str):
-        """(registry names, the entry for ``current``), ``current`` added if the registry lacks it."""
-        try:
-            from .providers.registry import available
-
-            names = [info.name for info in available() if not info.broken]
-        except Exception:
-            names = []
-        current = (current or "").strip()
-        for name in names:
-            if name.lower() == current.lower():
-                return names, name
-        return names + [current], current  # an alias or a registered-later name: offer it as is
-
-    # -- small helpers -------------------------------------------------------------
-    _STATUS_CSS = {"error": "opchat-status-error", "busy": "opchat-status-busy",
-                   "elsewhere": "opchat-status-busy", "stopped": "opchat-status-busy"}
-
-    def _set_status(self, text: str, kind: str) -> None:
-        """Set the status line (plain ``text``; ``kind`` picks its colour). Safe from any thread."""
-        if text and kind in ("busy", "elsewhere") and not text.startswith("●"):
-            text = "● " + text
-        if text and kind == "error" and not text.startswith("✗"):
-            text = "✗ " + text
-        self._status_text, self._status_kind = text, kind
-        css = self._STATUS_CSS.get(kind, "")
-        self.status.value = f"<span class='{css}'>{html.escape(text)}</span>" if text else ""
-
-    def _set_streaming(self, streaming: bool) -> None:
-        self.send_button.disabled = streaming
-        self.stop_button.disabled = not streaming
-        self.thread_select.disabled = streaming
-        self.new_thread_button.disabled = streaming
-        self.provider_select.disabled = streaming
-        self.model.disabled = streaming
-        if streaming:
-            self.retry_button.layout.display = "none"
+    def close(self) -> None:
+        close_tree(self.widget)
 
 
 def _turn_footer(turn) -> str:
-    """A committed turn's footer, in the live reply's format (``magics.footer_text``).
+    """A stored turn's footer, in the live reply's format: a Turn has usage as a dict, no first-chunk time."""
+    from types import SimpleNamespace
 
-    A stored Turn keeps its usage as a dict and no first-chunk time: the
-    reply-shaped view passed on has only what the Turn knows.
-    """
-    from .magics import footer_text
+    from ..render.footer import footer_text
 
-    usage = turn.usage if isinstance(turn.usage, dict) else {}
     took = turn.finished_at - turn.started_at if turn.finished_at and turn.started_at else None
-    return footer_text(SimpleNamespace(usage=SimpleNamespace(total_tokens=usage.get("total_tokens")),
-                                       time_to_first_chunk=None, total_time=took,
-                                       provider=turn.provider, model=turn.model))
-
-
-def _strip_tags(text: str) -> str:
-    return re.sub(r"<[^>]*>", "", text or "")
-
-
-def _message(exc: BaseException) -> str:
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
-    return text or type(exc).__name__
+    return footer_text(SimpleNamespace(provider=turn.provider, model=turn.model, usage=turn.usage,
+                                       time_to_first_chunk=None, total_time=took))

@@ -37,54 +37,21 @@ from __future__ import annotations
 import re
 from typing import List, Optional
 
-_FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
+# The CommonMark rules the sanitiser shares live in .commonmark (one copy);
+# the private aliases keep this module's code as it was.
+from .commonmark import FENCE as _FENCE
+from .commonmark import closes_run as _closes_run
+from .commonmark import fence_closes as _fence_closes
+from .commonmark import fence_open as _fence_open
+from .commonmark import indent as _indent
+from .commonmark import span_not_fence as _span_not_fence
+
 _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _THEMATIC = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _SETEXT = re.compile(r" {0,3}(?:=+|-+)[ \t]*$")
 _ITEM = re.compile(r"( {0,3})([-+*]|(\d{1,9})[.)])([ \t]|$)")
 _TABLE_DELIM = re.compile(r" {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
 _BLANK = re.compile(r"[ \t]*\n?$")
-
-
-def _indent(line: str) -> int:
-    """Columns of leading whitespace (tabs to the next multiple of 4)."""
-    col = 0
-    for ch in line:
-        if ch == " ":
-            col += 1
-        elif ch == "\t":
-            col += 4 - col % 4
-        else:
-            break
-    return col
-
-
-def _span_not_fence(m) -> bool:
-    """A fence-like match (run in group 2, info in 3) whose backtick run has a
-    backtick in its info string: an inline code span, not a fence (CommonMark)."""
-    return m.group(2)[0] == "`" and "`" in m.group(3)
-
-
-def _fence_open(line: str):
-    """(indent, char, length) if ``line`` opens a fenced code block."""
-    m = _FENCE.match(line)
-    if not m or _span_not_fence(m):
-        return None
-    run = m.group(2)
-    return len(m.group(1)), run[0], len(run)
-
-
-def _closes_run(body: str, ch: str, n: int) -> bool:
-    """``body`` (indent already removed) is a run of at least ``n`` ``ch``, then blanks."""
-    run = len(body) - len(body.lstrip(ch))
-    return run >= n and not body[run:].strip(" \t")
-
-
-def _fence_closes(line: str, ch: str, n: int) -> bool:
-    """CommonMark: ``line`` closes a fence of ``n`` ``ch`` (indent 0-3 spaces)."""
-    s = line.rstrip("\n")
-    body = s.lstrip(" ")
-    return len(s) - len(body) <= 3 and _closes_run(body, ch, n)
 
 
 def _long_cut(s: str, cap: int) -> int:

@@ -65,7 +65,11 @@ import re
 from typing import List, Optional, Tuple
 
 # one reading of CommonMark fences and indentation for both modules
-from .blocks import _FENCE, _closes_run, _fence_closes, _indent, _span_not_fence
+from .commonmark import FENCE as _FENCE
+from .commonmark import closes_run as _closes_run
+from .commonmark import fence_closes as _fence_closes
+from .commonmark import indent as _indent
+from .commonmark import span_not_fence as _span_not_fence
 
 __all__ = ["sanitize_markdown", "escape_text"]
 

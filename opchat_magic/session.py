@@ -1,0 +1,156 @@
+"""One Session per kernel: the settings, the conversation and its store.
+
+Every front door (the magics, each chat panel) reaches the same Session with
+``get_session(shell)``, so cells and panels share one history and one set of
+settings. ``close_session(shell)`` (what ``unload_ipython_extension`` and
+``%reload_ext`` call) finishes the queued history writes, closes the SQLite
+connection and takes the settings out of ``shell.configurables``: after a
+reload there is one configurable and one open connection, never two.
+
+The Session also relays "a cell just ran" (IPython's ``post_run_cell``) to
+whoever listens (the panels), next to the conversation's own change events.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Callable, Dict, List, Optional
+
+from .settings import OpchatSettings, turn_options
+
+__all__ = ["Session", "get_session", "close_session", "current_session"]
+
+
+class Session:
+    """Settings + conversation (+ store) of one kernel. ``close()`` releases the store."""
+
+    def __init__(self, shell=None, settings: Optional[OpchatSettings] = None):
+        self.shell = shell
+        # parent=shell: the settings read the shell's config (ipython_config.py, %config).
+        self.settings = settings if settings is not None else OpchatSettings(parent=shell)
+        if shell is not None and self.settings not in shell.configurables:
+            shell.configurables.append(self.settings)
+        self.last_reply = None  # the last completed Reply (text, usage, timings), for tools
+        self._conversation = None
+        self._lock = threading.Lock()
+        self._cell_listeners: List[Callable[[], None]] = []
+        self._closed = False
+        if shell is not None:
+            shell.events.register("post_run_cell", self._after_cell)
+
+    # -- history ---------------------------------------------------------------------
+    @property
+    def conversation(self):
+        """The notebook's threads, restored from the store on first use."""
+        with self._lock:
+            if self._conversation is None:
+                self._conversation = self._open_conversation()
+            return self._conversation
+
+    def _open_conversation(self):
+        from .history import Conversation, Store, StoreError, notebook_key
+
+        store = None
+        if self.settings.persist:
+            try:
+                store = Store(self.settings.history_db or None)
+            except (StoreError, OSError) as exc:
+                # A damaged or unreadable history file must not stop the chat.
+                warnings.warn(f"opchat: history is not saved this session: {exc}", stacklevel=3)
+        key = notebook_key(self.shell.user_ns if self.shell is not None else None)
+        return Conversation(key, store=store, restore=store is not None)
+
+    def thread(self, name: Optional[str] = None, create: bool = True):
+        """A thread of the conversation (default: the ``thread`` setting)."""
+        return self.conversation.thread(name or self.settings.thread, create=create)
+
+    # -- turns -------------------------------------------------------------------------
+    def options(self, **choices):
+        """A turn's options from the settings and per-turn ``choices`` (see ``settings.turn_options``)."""
+        return turn_options(self.settings, **choices)
+
+    def begin(self, thread, text: Optional[str], options):
+        """A :class:`~.turn.ChatTurn` on ``thread`` (``text=None``: retry its failed turn); not started."""
+        from .turn import ChatTurn
+
+        return ChatTurn(thread, text, options)
+
+    def completed(self, outcome) -> None:
+        """A front door reports a turn's outcome; a complete one becomes ``last_reply``."""
+        if outcome.complete:
+            self.last_reply = outcome.reply
+
+    # -- events ------------------------------------------------------------------------
+    def on_cell_end(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every cell (IPython ``post_run_cell``); returns the unsubscriber."""
+        self._cell_listeners.append(callback)
+        return lambda: callback in self._cell_listeners and self._cell_listeners.remove(callback)
+
+    def _after_cell(self, result=None) -> None:
+        for callback in list(self._cell_listeners):
+            try:
+                callback()
+            except Exception as exc:
+                warnings.warn(f"opchat-magic: a post_run_cell listener failed: {exc!r}", RuntimeWarning)
+
+    # -- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish queued history writes, close the store, leave the shell as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        shell = self.shell
+        if shell is not None:
+            try:
+                shell.events.unregister("post_run_cell", self._after_cell)
+            except ValueError:
+                pass
+            shell.configurables[:] = [c for c in shell.configurables if c is not self.settings]
+        self._cell_listeners.clear()
+        with self._lock:
+            conversation, self._conversation = self._conversation, None
+        if conversation is not None:
+            conversation.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<Session {'closed' if self._closed else 'open'}: {self._conversation!r}>"
+
+
+_sessions: Dict[int, Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def get_session(shell=None, create: bool = True) -> Optional[Session]:
+    """The Session of ``shell`` (default: the running IPython, else a process-wide one)."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except ImportError:  # pragma: no cover - IPython is a dependency
+            shell = None
+    with _sessions_lock:
+        found = _sessions.get(id(shell))
+        if found is not None and found.shell is shell and not found.closed:
+            return found
+        if not create:
+            return None
+        found = _sessions[id(shell)] = Session(shell)
+        return found
+
+
+def current_session() -> Optional[Session]:
+    """The running IPython's Session if one is open (never makes one)."""
+    return get_session(None, create=False)
+
+
+def close_session(shell=None) -> None:
+    """Close ``shell``'s Session, if it has one."""
+    with _sessions_lock:
+        found = _sessions.pop(id(shell), None)
+    if found is not None:
+        found.close()
