@@ -131,7 +131,7 @@ RULES = [
     ("opchat_magic.providers", "opchat_magic.panel"),
     ("opchat_magic.providers", "opchat_magic.render"),
     ("opchat_magic.providers", "opchat_magic.history"),
-    ("opchat_magic.render", "opchat_magic.providers"),
+    ("opchat_magic.render", "opchat_magic.providers.http"),  # the footer may ask the registry for a name
     ("opchat_magic.render", "opchat_magic.history"),
     ("opchat_magic.history", "opchat_magic.render"),
     ("opchat_magic.history", "opchat_magic.providers"),
