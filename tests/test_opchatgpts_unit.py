@@ -63,6 +63,9 @@ def mocked():
 @pytest.fixture(autouse=True)
 def no_env_url(monkeypatch):
     monkeypatch.delenv("OPCHAT_URL", raising=False)
+    Opchatgpts.sites.forget()  # no REST root or nonce learnt by an earlier test
+    yield
+    Opchatgpts.sites.forget()
 
 
 def serve(m, body=GOOD, content_type=SSE, status=200, url=SUBMIT, **kw):
@@ -122,14 +125,16 @@ async def test_request_method_url_headers_payload(mocked):
     }
     assert headers["User-Agent"].startswith("Mozilla/5.0")
     payload = call.kwargs["json"]
-    assert list(payload) == ["botId", "chatId", "contextId", "customId", "messages", "newMessage", "session", "stream"]
+    assert list(payload) == ["botId", "chatId", "contextId", "customId", "messages", "newMessage", "newFileId",
+                             "session", "stream"]
     assert re.fullmatch(r"[a-z0-9]{10}", payload.pop("chatId"))
     assert payload == {
         "botId": "default",
-        "contextId": 28,
+        "contextId": None,  # what the plugin's own chatbot sends outside a post
         "customId": None,
-        "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi?"}],
+        "messages": [{"role": "system", "content": "Be brief"}],  # the history BEFORE the new message
         "newMessage": "Hi?",
+        "newFileId": None,
         "session": "N/A",
         "stream": True,
     }
@@ -168,7 +173,8 @@ async def test_default_timeouts(mocked):
     serve(mocked)
     await run()
     timeout = calls(mocked)[0].kwargs["timeout"]
-    assert (timeout.sock_connect, timeout.sock_read) == (http.DEFAULT_CONNECT_TIMEOUT, http.DEFAULT_READ_TIMEOUT)
+    # AI Engine waits up to 300 s for its model, sending nothing: the default never gives up sooner.
+    assert (timeout.sock_connect, timeout.sock_read) == (http.DEFAULT_CONNECT_TIMEOUT, 310.0)
 
 
 async def test_timeouts_none_disable(mocked):
@@ -241,25 +247,66 @@ async def test_class_attribute_and_subclass(mocked, monkeypatch):
     assert stream.reply.provider == "MySite"
 
 
-def test_resolve_url_forms(monkeypatch):
-    assert Opchatgpts.resolve_url() == "https://opchatgpts.net"
-    assert Opchatgpts.resolve_url("http://x.test/") == "http://x.test"
-    assert Opchatgpts.resolve_url("http://x.test" + SUBMIT_PATH) == "http://x.test"
-    assert Opchatgpts.resolve_url("http://x.test/blog") == "http://x.test/blog"
-    with pytest.raises(ValueError, match="http"):
-        Opchatgpts.resolve_url("ftp://x.test")
-
-
 # --------------------------------------------------------------------------- nonce
 
 
-async def test_nonce_auto_flow(mocked):
-    mocked.post(SESSION, payload={"success": True, "sessionId": "s1", "restNonce": "n0nce12345"})
+REST_FORBIDDEN = {"code": "rest_forbidden", "message": "Sorry, you are not allowed to do that.", "data": {"status": 401}}
+BAD_NONCE = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
+
+
+def session_answer(m, nonce="n0nce12345", **kw):
+    m.post(SESSION, payload={"success": True, "sessionId": "s1", "restNonce": nonce}, **kw)
+
+
+async def test_no_nonce_until_the_site_asks(mocked):
     serve(mocked)
-    chunks, reply = await run(nonce="auto")
+    await run()
+    assert "X-WP-Nonce" not in calls(mocked)[0].kwargs["headers"]
+    assert not calls(mocked, SESSION)
+
+
+async def test_nonce_fetched_on_401_then_cached(mocked):
+    serve(mocked, status=401, payload=REST_FORBIDDEN)
+    session_answer(mocked)
+    serve(mocked, repeat=True)
+    chunks, reply = await run()
     assert chunks == ["Hel", "lo"] and reply.complete
+    sent = [c.kwargs["headers"].get("X-WP-Nonce") for c in calls(mocked)]
+    assert sent == [None, "n0nce12345"]
     assert calls(mocked, SESSION)[0].kwargs["headers"]["Origin"] == BASE
-    assert calls(mocked)[0].kwargs["headers"]["X-WP-Nonce"] == "n0nce12345"
+    await run()  # reused: no second start_session
+    assert [c.kwargs["headers"].get("X-WP-Nonce") for c in calls(mocked)] == [None, "n0nce12345", "n0nce12345"]
+    assert len(calls(mocked, SESSION)) == 1
+
+
+async def test_stale_cached_nonce_refreshed_once(mocked):
+    Opchatgpts.sites.set_nonce(Opchatgpts.endpoint(BASE), "stale12345")
+    serve(mocked, status=403, payload=BAD_NONCE)
+    session_answer(mocked, "fresh12345")
+    serve(mocked)
+    chunks, reply = await run()
+    assert reply.complete
+    assert [c.kwargs["headers"].get("X-WP-Nonce") for c in calls(mocked)] == ["stale12345", "fresh12345"]
+
+
+async def test_fresh_nonce_refused_too(mocked):
+    serve(mocked, status=403, payload=BAD_NONCE, repeat=True)
+    session_answer(mocked, "fresh12345")
+    Opchatgpts.sites.set_nonce(Opchatgpts.endpoint(BASE), "stale12345")
+    with pytest.raises(HTTPStatusError, match="even a fresh nonce") as info:
+        await run()
+    assert info.value.status == 403 and len(calls(mocked)) == 2  # one retry, no more
+    assert "fresh12345" not in str(info.value) and "stale12345" not in str(info.value)
+
+
+async def test_new_token_replaces_the_cached_nonce(mocked):
+    Opchatgpts.sites.set_nonce(Opchatgpts.endpoint(BASE), "old1234567")
+    serve(mocked, body=sse(live("Hi"), end("Hi", new_token="new1234567")))
+    serve(mocked)
+    _, reply = await run()
+    assert reply.final["new_token"] == "new1234567"
+    await run()
+    assert calls(mocked)[1].kwargs["headers"]["X-WP-Nonce"] == "new1234567"
 
 
 async def test_nonce_string_sent_as_is(mocked):
@@ -269,37 +316,123 @@ async def test_nonce_string_sent_as_is(mocked):
     assert not calls(mocked, SESSION)
 
 
-async def test_no_nonce_by_default(mocked):
-    serve(mocked)
-    await run()
-    assert "X-WP-Nonce" not in calls(mocked)[0].kwargs["headers"]
+@pytest.mark.parametrize("none", [False, ""])
+async def test_no_nonce_mode(mocked, none):
+    Opchatgpts.sites.set_nonce(Opchatgpts.endpoint(BASE), "cached1234")
+    serve(mocked, status=401, payload=REST_FORBIDDEN)
+    with pytest.raises(HTTPStatusError, match="leave nonce unset") as info:
+        await run(nonce=none)
+    assert "X-WP-Nonce" not in calls(mocked)[0].kwargs["headers"] and not calls(mocked, SESSION)
+    assert info.value.status == 401
 
 
-async def test_nonce_auto_without_rest_nonce(mocked):
+async def test_start_session_without_rest_nonce(mocked):
+    serve(mocked, status=401, payload=REST_FORBIDDEN)
     mocked.post(SESSION, payload={"success": False, "message": "Sessions are disabled"})
     with pytest.raises(ServerError, match="restNonce.*Sessions are disabled"):
-        await run(nonce="auto")
-    assert not calls(mocked)
+        await run()
 
 
-async def test_nonce_auto_start_session_missing(mocked):
+async def test_start_session_missing(mocked):
+    serve(mocked, status=401, payload=REST_FORBIDDEN)
     mocked.post(SESSION, status=404, payload={"code": "rest_no_route", "message": "No route was found"})
     with pytest.raises(HTTPStatusError) as info:
-        await run(nonce="auto")
+        await run()
     assert info.value.status == 404 and SESSION in str(info.value)
 
 
-async def test_nonce_error_hints(mocked):
-    body = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
-    serve(mocked, status=403, payload=body, content_type="application/json", repeat=True,
-          headers={"Retry-After": "3"})
-    with pytest.raises(HTTPStatusError, match="nonce='auto'") as info:
-        await run()
-    assert info.value.status == 403 and "Cookie check failed" in str(info.value)
-    assert info.value.retry_after == "3"  # the hinted error still carries it, for failover
+async def test_given_nonce_refused_hint(mocked):
+    serve(mocked, status=403, payload=BAD_NONCE, headers={"Retry-After": "3"})
     with pytest.raises(HTTPStatusError, match="stale") as info:
         await run(nonce="old-nonce-value")
+    assert info.value.status == 403 and "Cookie check failed" in str(info.value)
+    assert info.value.retry_after == "3"  # the hinted error still carries it, for failover
     assert "old-nonce-value" not in str(info.value) + repr(info.value)
+    assert not calls(mocked, SESSION)  # a given nonce is not replaced
+
+
+# --------------------------------------------------------------------------- where the endpoint is
+
+PLAIN_ROOT = BASE + "/index.php?rest_route=/"
+PLAIN_SUBMIT = PLAIN_ROOT + "mwai-ui/v1/chats/submit"
+HOME = "<!DOCTYPE html><html><head><title>My blog</title></head><body>home</body></html>"
+
+
+def test_endpoint_forms():
+    assert Opchatgpts.resolve_url() == "https://opchatgpts.net"
+    for url, site, submit, guessed in [
+        ("http://x.test/", "http://x.test", "http://x.test/wp-json/mwai-ui/v1/chats/submit", True),
+        ("http://x.test/blog", "http://x.test/blog", "http://x.test/blog/wp-json/mwai-ui/v1/chats/submit", True),
+        ("http://x.test/wp-json", "http://x.test", "http://x.test/wp-json/mwai-ui/v1/chats/submit", False),
+        ("http://x.test/blog/wp-json/mwai-ui/v1/chats/submit", "http://x.test/blog",
+         "http://x.test/blog/wp-json/mwai-ui/v1/chats/submit", False),
+        ("http://x.test/?rest_route=/", "http://x.test", "http://x.test/?rest_route=/mwai-ui/v1/chats/submit", False),
+        ("http://x.test/index.php?rest_route=/mwai-ui/v1/chats/submit", "http://x.test",
+         "http://x.test/index.php?rest_route=/mwai-ui/v1/chats/submit", False),
+        ("http://x.test/?lang=fr&rest_route=/", "http://x.test",
+         "http://x.test/?lang=fr&rest_route=/mwai-ui/v1/chats/submit", False),
+    ]:
+        endpoint = Opchatgpts.endpoint(url)
+        assert (endpoint.site, endpoint.submit_url, endpoint.guessed) == (site, submit, guessed), url
+    with pytest.raises(ValueError, match="http"):
+        Opchatgpts.resolve_url("ftp://x.test")
+
+
+async def test_plain_permalink_site_found_from_the_link_header(mocked):
+    serve(mocked, body=HOME, content_type="text/html",
+          headers={"Link": f'<{PLAIN_ROOT}>; rel="https://api.w.org/"'})
+    serve(mocked, url=PLAIN_SUBMIT, repeat=True)
+    chunks, reply = await run()
+    assert chunks == ["Hel", "lo"] and reply.complete
+    assert len(calls(mocked)) == 1 and len(calls(mocked, PLAIN_SUBMIT)) == 1
+    await run(url=BASE + "/")  # learnt for the site: straight there
+    assert len(calls(mocked)) == 1 and len(calls(mocked, PLAIN_SUBMIT)) == 2
+
+
+async def test_plain_permalink_fallback_without_a_link_header(mocked):
+    serve(mocked, body=HOME, content_type="text/html")
+    serve(mocked, url=BASE + "/?rest_route=/mwai-ui/v1/chats/submit")
+    chunks, reply = await run()
+    assert reply.complete
+
+
+async def test_404_at_a_guessed_root_tries_rest_route(mocked):
+    serve(mocked, status=404, body="Not Found", content_type="text/plain")
+    serve(mocked, url=BASE + "/?rest_route=/mwai-ui/v1/chats/submit")
+    chunks, reply = await run()
+    assert reply.complete
+
+
+async def test_link_to_another_origin_is_ignored(mocked):
+    serve(mocked, body=HOME, content_type="text/html",
+          headers={"Link": '<https://evil.test/wp-json/>; rel="https://api.w.org/"'})
+    serve(mocked, url=BASE + "/?rest_route=/mwai-ui/v1/chats/submit")
+    chunks, reply = await run(nonce="secret-nonce")
+    assert reply.complete  # the nonce never went to evil.test
+
+
+async def test_a_page_at_the_plain_root_too_is_not_an_endpoint(mocked):
+    serve(mocked, body=HOME, content_type="text/html")
+    serve(mocked, url=BASE + "/?rest_route=/mwai-ui/v1/chats/submit", body=HOME, content_type="text/html")
+    with pytest.raises(NotAnEndpointError, match="rest_route"):
+        await run()
+
+
+# --------------------------------------------------------------------------- messages and input
+
+
+async def test_empty_new_message_refused_before_sending(mocked):
+    for text in ("", "  \n "):
+        with pytest.raises(ValueError, match="empty"):
+            Opchatgpts.create_async_generator("", [{"role": "user", "content": text}], url=BASE)
+    assert not mocked.requests
+
+
+async def test_too_long_message_gets_a_hint(mocked):
+    serve(mocked, body=b'data: {"type":"error","data":"Sorry, your query has been rejected."}\n\n',
+          content_type="application/json")
+    with pytest.raises(ServerError, match="600 characters.*512"):
+        await run(messages=[{"role": "user", "content": "z" * 600}])
 
 
 # --------------------------------------------------------------------------- stream rules
@@ -510,7 +643,7 @@ async def test_html_page(mocked):
     serve(mocked, body="<html><head><title>Just a moment...</title></head><body>captcha</body></html>",
           content_type="text/html")
     with pytest.raises(NotAnEndpointError) as info:
-        await run()
+        await run(url=BASE + "/wp-json/")  # a known REST root: no plain-permalink second try
     text = str(info.value)
     assert SUBMIT in text and "text/html" in text and "Just a moment..." in text
     assert "%config" in text  # the hint
@@ -550,7 +683,7 @@ async def test_http_status(mocked, status, body, content_type, message):
     body = json.dumps(body) if isinstance(body, dict) else body
     serve(mocked, status=status, body=body, content_type=content_type)
     with pytest.raises(HTTPStatusError) as info:
-        await run()
+        await run(url=SUBMIT)  # the full URL: a 404 is not taken for a plain-permalink site
     exc = info.value
     assert exc.status == status and exc.message.startswith(message)
     assert str(exc) == f"HTTP {status} from {SUBMIT}: {exc.message}"

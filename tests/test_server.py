@@ -44,6 +44,7 @@ SUBMIT = "/wp-json/mwai-ui/v1/chats/submit"
 START_SESSION = "/wp-json/mwai/v1/start_session"
 REJECTED = {"success": False, "message": "Sorry, your query has been rejected."}
 NONCE_INVALID = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
+NONCE_MISSING = {"code": "rest_forbidden", "message": "Sorry, you are not allowed to do that.", "data": {"status": 401}}
 BAD_KEY = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}
 REQUIRED_FAULTS = {
     "broken_json", "missing_type", "unknown_type", "live_without_data", "non_string_data", "bad_end",
@@ -74,19 +75,25 @@ def usage_for(messages, reply):
     return {"prompt_tokens": prompt, "completion_tokens": tokens(reply), "total_tokens": prompt + tokens(reply)}
 
 
+def final(reply: str, usage: dict) -> dict:
+    """The plugin's final answer (end payload, or the non-streamed body)."""
+    return {"success": True, "reply": reply, "images": None, "actions": [], "shortcuts": [], "blocks": [],
+            "usage": {**usage, "price": None, "queries": 1, "accuracy": "estimated"}}
+
+
 def end(reply: str, usage: dict) -> bytes:
-    payload = _j({"success": True, "reply": reply, "images": None, "usage": usage})
+    payload = _j(final(reply, usage))
     return b"data: " + _j({"type": "end", "data": payload}).encode() + b"\n\n"
 
 
 def aie(text: str, history=(), *, stream: bool = True, **override) -> dict:
-    messages = [*history, {"role": "user", "content": text}]
+    """A submit body as the plugin's chatbot sends it: ``messages`` is the history before ``text``."""
     body = {
         "botId": "default",
         "chatId": "k3j9x0q2ab",
-        "contextId": 28,
+        "contextId": None,
         "customId": None,
-        "messages": messages,
+        "messages": list(history),
         "newMessage": text,
         "session": "N/A",
         "stream": stream,
@@ -95,10 +102,16 @@ def aie(text: str, history=(), *, stream: bool = True, **override) -> dict:
     return body
 
 
+def thread_of(body: dict) -> list:
+    """What the model sees for an AI Engine body: the history, then newMessage (the server appends it)."""
+    return [*body["messages"], {"role": "user", "content": body["newMessage"].strip()}]
+
+
 def expected_stream(body: dict, chunk_size: int = 5) -> bytes:
-    reply = reply_text(body["messages"], body["newMessage"], chunk_size=chunk_size)
+    thread = thread_of(body)
+    reply = reply_text(thread, body["newMessage"], chunk_size=chunk_size)
     chunks = split_chunks(reply, chunk_size)
-    return b"".join(live(c) for c in chunks) + end(reply, usage_for(body["messages"], reply))
+    return b"".join(live(c) for c in chunks) + end(reply, usage_for(thread, reply))
 
 
 def data_lines(raw: bytes) -> list:
@@ -257,7 +270,7 @@ async def test_aiengine_history_is_counted(server, session):
     _, _, raw = await post(session, server.url + SUBMIT, body)
     final = json.loads(events(raw)[-1]["data"])
     assert final["reply"] == "Echo: two\n\nThis conversation has 3 messages."
-    assert final["reply"] == reply_text(body["messages"])
+    assert final["reply"] == reply_text(thread_of(body))
 
 
 async def test_aiengine_non_stream_json(server, session):
@@ -265,7 +278,7 @@ async def test_aiengine_non_stream_json(server, session):
     status, headers, raw = await post(session, server.url + SUBMIT, body)
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     reply = "Echo: plain\n\nThis conversation has 1 message."
-    assert json.loads(raw) == {"success": True, "reply": reply, "images": None, "usage": usage_for(body["messages"], reply)}
+    assert json.loads(raw) == final(reply, usage_for(thread_of(body), reply))
 
 
 @pytest.mark.parametrize(
@@ -274,24 +287,74 @@ async def test_aiengine_non_stream_json(server, session):
         {"newMessage": ""},
         {"newMessage": "   "},
         {"newMessage": None},
-        {"newMessage": "x" * 65_537},
-        {"botId": "nope"},
-        {"customId": "nope"},
+        {"botId": None, "customId": None},
+        {"botId": "", "customId": ""},
     ],
-    ids=["empty", "blank", "null", "too-long", "unknown-bot", "unknown-custom-id"],
+    ids=["empty", "blank", "null", "no-bot", "empty-bot"],
 )
 async def test_aiengine_rejections(server, session, override):
+    # As the plugin's basics_security_check(): 403 before any chatbot is looked up.
     status, _, raw = await post(session, server.url + SUBMIT, aie("hi", **override))
     assert status == 403
     assert json.loads(raw) == REJECTED
     assert server.stats.completed == 0
 
 
+REJECTED_EVENT = b'data: {"type":"error","data":"Sorry, your query has been rejected."}\n\n'
+
+
+async def test_aiengine_too_long_is_an_error_event_in_a_json_labelled_200(server, session):
+    # The chatbot's textInputMaxLength (512): chat_submit() throws before the
+    # stream headers, so the error event goes out under the REST server's JSON label.
+    status, headers, raw = await post(session, server.url + SUBMIT, aie("x" * 513))
+    assert (status, raw) == (200, REJECTED_EVENT)
+    assert headers["Content-Type"].startswith("application/json")
+    status, _, raw = await post(session, server.url + SUBMIT, aie("x" * 513, stream=False))
+    assert (status, json.loads(raw)) == (500, REJECTED)
+    assert (await post(session, server.url + SUBMIT, aie("x" * 512)))[0] == 200
+    assert server.stats.completed == 1
+
+
+@pytest.mark.parametrize("override", [{"botId": "nope"}, {"customId": "nope"}], ids=["bot", "custom-id"])
+async def test_aiengine_unknown_bot_answered_by_default(server, session, override):
+    body = aie("hi", **override)
+    status, _, raw = await post(session, server.url + SUBMIT, body)
+    assert status == 200 and raw == expected_stream(body)
+
+
 async def test_aiengine_limits_and_configured_bots(session):
-    with LocalServer(delay=0, bot_ids=("a", "b")) as srv:
-        assert (await post(session, srv.url + SUBMIT, aie("x" * 65_536, botId="a")))[0] == 200
+    with LocalServer(delay=0, bot_ids=("a", "b"), input_limit=0) as srv:
+        assert (await post(session, srv.url + SUBMIT, aie("x" * 65_536, botId="a")))[0] == 200  # no limit
         assert (await post(session, srv.url + SUBMIT, aie("hi", botId="b")))[0] == 200
-        assert (await post(session, srv.url + SUBMIT, aie("hi", botId="default")))[0] == 403
+        # No "default" chatbot to fall back on: rejected inside the stream, as the plugin does.
+        status, headers, raw = await post(session, srv.url + SUBMIT, aie("hi", botId="default"))
+        assert (status, raw) == (200, REJECTED_EVENT)
+
+
+async def test_aiengine_appends_new_message_once(server, session):
+    history = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "Echo: one"}]
+    body = aie("  two  ", history)
+    _, _, raw = await post(session, server.url + SUBMIT, body)
+    final_ = json.loads(events(raw)[-1]["data"])
+    assert final_["reply"] == "Echo: two\n\nThis conversation has 3 messages."  # history + newMessage
+
+
+async def test_aiengine_plain_permalink_routes_and_link_header(server, session):
+    for prefix in ("/?rest_route=", "/index.php?rest_route="):
+        status, headers, raw = await post(session, server.url + prefix + "/mwai/v1/start_session", {})
+        assert status == 200 and json.loads(raw)["restNonce"]
+        body = aie("plain")
+        status, headers, raw = await post(session, server.url + prefix + "/mwai-ui/v1/chats/submit", body)
+        assert status == 200 and raw == expected_stream(body)
+        assert headers["Link"] == f'<{server.url}/wp-json/>; rel="https://api.w.org/"'
+    async with session.get(server.url + "/wp-json/") as resp:
+        assert resp.status == 200 and "mwai-ui/v1" in (await resp.json())["namespaces"]
+        assert resp.headers["Link"] == f'<{server.url}/wp-json/>; rel="https://api.w.org/"'
+    async with session.get(server.url + "/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert resp.headers["Link"] == f'<{server.url}/wp-json/>; rel="https://api.w.org/"'
+    status, _, raw = await post(session, server.url + "/?rest_route=/nope/v1/x", {})
+    assert status == 404 and json.loads(raw)["code"] == "rest_no_route"
 
 
 async def test_aiengine_invalid_json_body(server, session):
@@ -303,7 +366,7 @@ async def test_aiengine_invalid_json_body(server, session):
 async def test_nonce_mode(session):
     with LocalServer(delay=0, require_nonce=True) as srv:
         status, _, raw = await post(session, srv.url + SUBMIT, aie("hi"))
-        assert (status, json.loads(raw)) == (403, NONCE_INVALID)
+        assert (status, json.loads(raw)) == (401, NONCE_MISSING)
         status, _, raw = await post(session, srv.url + SUBMIT, aie("hi"), headers={"X-WP-Nonce": "forged1234"})
         assert (status, json.loads(raw)) == (403, NONCE_INVALID)
 
@@ -317,7 +380,15 @@ async def test_nonce_mode(session):
         assert status == 200 and raw == expected_stream(body)
         # nonce checked before the body: an empty message with no nonce is a nonce error
         status, _, raw = await post(session, srv.url + SUBMIT, aie(""))
-        assert json.loads(raw) == NONCE_INVALID
+        assert json.loads(raw) == NONCE_MISSING
+
+        # An old nonce (WordPress: 12-24 h) still works, and the end payload carries a fresh one.
+        srv.age_nonces()
+        status, _, raw = await post(session, srv.url + SUBMIT, body, headers={"X-WP-Nonce": nonce})
+        new_token = json.loads(events(raw)[-1]["data"])["new_token"]
+        assert status == 200 and new_token != nonce
+        status, _, raw = await post(session, srv.url + SUBMIT, body, headers={"X-WP-Nonce": new_token})
+        assert status == 200 and raw == expected_stream(body)  # the fresh one: no new_token
 
         srv.expire_nonces()  # a stale nonce, as after a WordPress nonce tick
         status, _, raw = await post(session, srv.url + SUBMIT, body, headers={"X-WP-Nonce": nonce})
@@ -443,7 +514,7 @@ async def test_chunk_size_and_delay():
     async with aiohttp.ClientSession() as session:
         with LocalServer(delay=0.05, chunk_size=7) as srv:
             body = aie("timing")
-            reply = reply_text(body["messages"])
+            reply = reply_text(thread_of(body))
             t0 = time.monotonic()
             async with session.post(srv.url + SUBMIT, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 buf, arrivals = await read_lines_timed(resp)
@@ -457,7 +528,7 @@ async def test_chunk_size_and_delay():
             t0 = time.monotonic()
             status, _, raw = await post(session, srv.url + SUBMIT, aie("fast [[delay:0]] [[chunk:2]]"))
             assert time.monotonic() - t0 < 0.9  # with the 0.05 s delay it would take > 1 s
-            reply2 = reply_text(aie("fast [[delay:0]] [[chunk:2]]")["messages"])
+            reply2 = reply_text(thread_of(aie("fast [[delay:0]] [[chunk:2]]")))
             assert reply2 == "Echo: fast\n\nThis conversation has 1 message."
             assert [e["data"] for e in events(raw)[:-1]] == split_chunks(reply2, 2)
 
@@ -495,9 +566,9 @@ async def test_20000_events_with_no_delay_are_fast(server, session):
 
 def _parts(text="hi"):
     body = aie(text)
-    reply = reply_text(body["messages"])
+    reply = reply_text(thread_of(body))
     chunks = split_chunks(reply, 5)
-    return body, reply, chunks, usage_for(body["messages"], reply)
+    return body, reply, chunks, usage_for(thread_of(body), reply)
 
 
 MID_STREAM_LINES = {
@@ -590,13 +661,13 @@ async def test_fault_json_200(server, session):
     body, reply, _, use = _parts("hi [[fault:json_200]]")
     status, headers, raw = await post(session, server.url + SUBMIT, body)
     assert status == 200 and headers["Content-Type"].startswith("application/json")
-    assert json.loads(raw) == {"success": True, "reply": reply, "images": None, "usage": use}
+    assert json.loads(raw) == final(reply, use)
 
 
 @pytest.mark.parametrize(
     "status,expected",
     [
-        (401, {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 401}}),
+        (401, NONCE_MISSING),
         (403, REJECTED),
         (429, {"success": False, "message": "You have reached the limit of requests. Please try again later."}),
         (500, {"success": False, "message": "The server failed to answer (injected fault)."}),

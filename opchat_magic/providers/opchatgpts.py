@@ -64,13 +64,14 @@ from ..errors import (
     redact,
 )
 from .base import AsyncGeneratorProvider, Messages, Reasoning, Reply, ReplyStream, Usage
+from .wordpress import Endpoint, SiteCache, link_root
 
 if TYPE_CHECKING:
     from ..errors import HTTPStatusError
 
 __all__ = ["Opchatgpts", "SUBMIT_PATH", "SESSION_PATH", "random_chat_id", "validate_messages"]
 
-SUBMIT_PATH = "/wp-json/mwai-ui/v1/chats/submit"
+SUBMIT_PATH = "/wp-json/mwai-ui/v1/chats/submit"  # on a pretty-permalink site; see wordpress.py
 SESSION_PATH = "/wp-json/mwai/v1/start_session"
 REFERER_PATH = "/chatgpt-free-use/"
 
@@ -131,14 +132,32 @@ def _snippet(line: str) -> str:
 class _Request:
     """Everything one turn sends, resolved and validated before the first await."""
 
-    base_url: str
-    endpoint: str
-    headers: dict
+    endpoint: Endpoint  # where (the site, its REST root; a guessed root may move once)
+    headers: dict  # without X-WP-Nonce: the nonce is added per attempt
     payload: dict
-    nonce: Optional[str]  # None, "auto" or the nonce itself
+    nonce: Any  # AUTO, NO_NONCE, or the nonce string the caller gave
     session: Any
     timeouts: Any
     secrets: tuple = ()
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.submit_url
+
+
+# Nonce modes besides a given nonce string.
+AUTO = "auto"  # the site's cached nonce, fetched from start_session when the site asks for one
+NO_NONCE = ""  # never send X-WP-Nonce (nonce=False or nonce="")
+
+# AI Engine gives the upstream model MWAI_TIMEOUT = 300 s (the whole request, no
+# keep-alives); a silence longer than that cannot end in a reply, a shorter one can.
+AIENGINE_MODEL_TIMEOUT = 300.0
+DEFAULT_READ_TIMEOUT = AIENGINE_MODEL_TIMEOUT + 10.0
+
+# What the plugin answers when the REST nonce is missing (401) or stale/wrong (403).
+_NONCE_CODES = ("rest_forbidden", "rest_cookie_invalid_nonce")
+REJECTED_TEXT = "Sorry, your query has been rejected."
+INPUT_LIMIT = 512  # the chatbot's default textInputMaxLength
 
 
 class Opchatgpts(AsyncGeneratorProvider):
@@ -152,17 +171,29 @@ class Opchatgpts(AsyncGeneratorProvider):
     Keywords of :meth:`create_async_generator` (unknown ones are ignored, as in
     gpt4free, so one kwargs dict can serve several providers):
 
-    url              site base URL; default: env ``OPCHAT_URL``, else the class's ``url``
-    bot_id           ``botId`` (default ``"default"``)
-    context_id       ``contextId``, the WordPress post hosting the bot (default 28)
+    url              the site URL, its REST root (``.../wp-json/``, ``.../?rest_route=/``) or the
+                     full submit URL; default: env ``OPCHAT_URL``, else the class's ``url``.
+                     From a bare site URL the REST root is found out once per site (plain-permalink
+                     sites answer ``/wp-json/`` with a web page whose ``Link`` header names it)
+    bot_id           ``botId`` (default ``"default"``; the plugin answers an unknown id with ``default``)
+    context_id       ``contextId``, the WordPress post whose text a content-aware bot reads; default
+                     None, as the plugin's own chatbot sends outside a post (opchatgpts.net's page was 28)
     custom_id        ``customId`` (default None)
-    chat_id          ``chatId``; default a new random 10-char ``[a-z0-9]`` id per call
-    nonce            None (no ``X-WP-Nonce``), ``"auto"`` (POST ``start_session`` and
-                     use its ``restNonce``), or the nonce string to send
+    chat_id          ``chatId``: the discussion this turn belongs to (one per conversation, so the
+                     site's Discussions keep one discussion per thread); default a new random id
+    nonce            unset / None / ``"auto"``: the site's REST nonce, fetched from ``start_session``
+                     the first time the site asks for one (401), cached per site, replaced by an
+                     ``end`` event's ``new_token``, refreshed once on a 401/403 nonce refusal;
+                     a string: that nonce; ``False`` or ``""``: no ``X-WP-Nonce`` at all
     headers          extra request headers (merged over the browser-like defaults)
     session          an ``aiohttp.ClientSession`` to reuse (else one per call, closed after)
     connect_timeout  seconds to connect (default 10; None: no limit)
-    read_timeout     seconds without any byte before giving up (default 60; None: no limit)
+    read_timeout     seconds without any byte before giving up (default 310: the plugin waits up
+                     to 300 s for its model and sends nothing meanwhile; None: no limit)
+
+    Messages: the last one is the new message (``newMessage``); the ones before it
+    are the history (``messages``). The plugin appends ``newMessage`` itself, so
+    the model sees the thread once, in order.
     """
 
     url = "https://opchatgpts.net"
@@ -172,23 +203,26 @@ class Opchatgpts(AsyncGeneratorProvider):
     supports_stream = True
     default_model = "gpt-3.5-turbo"
 
+    # What this process learnt about sites (REST roots, nonces); shared by every call.
+    sites = SiteCache()
+
     # ---------------------------------------------------------------- request
 
     @classmethod
     def resolve_url(cls, url: Optional[str] = None) -> str:
         """The site base URL: ``url`` > env ``OPCHAT_URL`` > ``cls.url``; no trailing slash.
 
-        A full submit URL is accepted too (its ``/wp-json/...`` path is dropped).
+        A REST root or a full submit URL is accepted too (it names its site).
         """
+        return cls.endpoint(url).site
+
+    @classmethod
+    def endpoint(cls, url: Optional[str] = None) -> Endpoint:
+        """Where ``url`` (> env ``OPCHAT_URL`` > ``cls.url``) sends turns, as far as known now."""
         base = url or os.environ.get("OPCHAT_URL") or cls.url
         if not isinstance(base, str) or not base.strip():
             raise ValueError("no URL: pass url=..., set OPCHAT_URL, or set Opchatgpts.url")
-        base = base.strip().rstrip("/")
-        if base.endswith(SUBMIT_PATH):
-            base = base[: -len(SUBMIT_PATH)]
-        if not base.lower().startswith(("http://", "https://")):
-            raise ValueError(f"the URL must start with http:// or https://, got {base!r}")
-        return base
+        return cls.sites.endpoint(base)
 
     @classmethod
     def build_headers(cls, base_url: str) -> dict:
@@ -206,27 +240,37 @@ class Opchatgpts(AsyncGeneratorProvider):
         }
 
     @classmethod
-    def build_payload(cls, messages: Messages, *, bot_id: str = "default", context_id: Any = 28,
+    def build_payload(cls, messages: Messages, *, bot_id: str = "default", context_id: Any = None,
                       custom_id: Any = None, chat_id: Optional[str] = None) -> dict:
-        """The submit body, field for field as PROTOCOL.md and the original provider."""
+        """The submit body, field for field as the plugin's own chatbot sends it.
+
+        ``messages`` is the history *before* the new message, ``newMessage`` the
+        new one (the last of ``messages``): the plugin appends it itself.
+        """
         return {
             "botId": bot_id,
             "chatId": chat_id if chat_id is not None else random_chat_id(),
             "contextId": context_id,
             "customId": custom_id,
-            "messages": list(messages),
+            "messages": [dict(m) for m in messages[:-1]],
             "newMessage": messages[-1]["content"],
+            "newFileId": None,
             "session": "N/A",
             "stream": True,
         }
 
     @classmethod
     def _prepare(cls, messages: Messages, proxy: Optional[str], kwargs: dict) -> _Request:
-        from .http import Timeouts, collect_secrets
+        from .http import DEFAULT_CONNECT_TIMEOUT, Timeouts, collect_secrets
 
         _refuse_images(messages)
         validate_messages(messages)
-        base = cls.resolve_url(kwargs.get("url"))
+        if not messages[-1]["content"].strip():
+            raise ValueError(
+                "the new message (the last of messages) is empty: AI Engine rejects an empty or "
+                "whitespace-only message (403 \"Sorry, your query has been rejected.\")"
+            )
+        endpoint = cls.endpoint(kwargs.get("url"))
         bot_id = kwargs.get("bot_id", "default")
         if not isinstance(bot_id, str):
             raise TypeError(f"bot_id must be a str, not {type(bot_id).__name__}")
@@ -234,30 +278,37 @@ class Opchatgpts(AsyncGeneratorProvider):
         if chat_id is not None and not isinstance(chat_id, str):
             raise TypeError(f"chat_id must be a str or None, not {type(chat_id).__name__}")
         nonce = kwargs.get("nonce")
-        if nonce is not None and not isinstance(nonce, str):
-            raise TypeError(f"nonce must be None, 'auto' or the nonce string, not {type(nonce).__name__}")
-        headers = cls.build_headers(base)
+        if nonce is None or nonce == AUTO:
+            nonce = AUTO
+        elif nonce is False or nonce == "":
+            nonce = NO_NONCE
+        elif not isinstance(nonce, str):
+            raise TypeError(
+                f"nonce must be None/'auto' (fetched when needed), False (none) or the nonce string, "
+                f"not {type(nonce).__name__}"
+            )
+        headers = cls.build_headers(endpoint.origin)
         extra = kwargs.get("headers")
         if extra:
             headers.update(extra)
-        if nonce is not None and nonce != "auto":
-            headers["X-WP-Nonce"] = nonce
         payload = cls.build_payload(
             messages,
             bot_id=bot_id,
-            context_id=kwargs.get("context_id", 28),
+            context_id=kwargs.get("context_id"),
             custom_id=kwargs.get("custom_id"),
             chat_id=chat_id,
         )
+        timeouts = Timeouts(kwargs.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                            kwargs.get("read_timeout", DEFAULT_READ_TIMEOUT))
+        given = (nonce,) if nonce not in (AUTO, NO_NONCE) else ()
         return _Request(
-            base_url=base,
-            endpoint=base + SUBMIT_PATH,
+            endpoint=endpoint,
             headers=headers,
             payload=payload,
             nonce=nonce,
             session=kwargs.get("session"),
-            timeouts=Timeouts.from_kwargs(kwargs, pop=False),
-            secrets=collect_secrets(headers, proxy),  # a given nonce is in headers as X-WP-Nonce
+            timeouts=timeouts,
+            secrets=collect_secrets(headers, proxy, extra=given),
         )
 
     @classmethod
@@ -272,11 +323,57 @@ class Opchatgpts(AsyncGeneratorProvider):
         kwargs["_request"] = cls._prepare(messages, proxy, kwargs)
         return super().create_async_generator(model, messages, proxy, **kwargs)
 
+    # ---------------------------------------------------------------- site: REST root and nonce
+
+    @classmethod
+    async def _post_submit(cls, session, req: _Request, proxy, headers, secrets, stack):
+        """POST the turn: ``(response, first)`` once the headers are in, or ``(None, moved_endpoint)``.
+
+        ``first`` is None for a body labelled ``text/event-stream``, else its
+        first bytes (read to tell a web page from an answer). The response is
+        entered on ``stack`` only when kept; a web page (or 404) at a guessed
+        REST root is closed, and the endpoint its ``Link`` header names (else
+        the plain-permalink root) returned instead.
+        """
+        from contextlib import AsyncExitStack
+
+        from ..errors import HTTPStatusError
+        from .http import is_event_stream, open_post, read_first, sniff
+
+        url = req.url
+        attempt = AsyncExitStack()
+        try:
+            response = await attempt.enter_async_context(
+                open_post(session, url, json=req.payload, headers=headers,
+                          proxy=proxy, timeouts=req.timeouts, secrets=secrets))
+        except HTTPStatusError as exc:
+            if exc.status == 404 and req.endpoint.guessed:
+                return None, req.endpoint.moved(None)
+            raise
+        try:
+            first = None  # an event stream: nothing read yet
+            if not is_event_stream(response):
+                first = await read_first(response, url, req.timeouts)
+                if req.endpoint.guessed and sniff(first) == "html":
+                    # A web page, not the REST API: the site has plain permalinks (or its
+                    # REST root is elsewhere); the page's Link header says where. A page
+                    # naming this very root is something else (a proxy's or captcha page).
+                    root = link_root(response.headers, req.endpoint.site)
+                    if root != req.endpoint.root:
+                        await attempt.aclose()
+                        return None, req.endpoint.moved(root)
+        except BaseException:
+            await attempt.aclose()
+            raise
+        await stack.enter_async_context(attempt)
+        return response, first
+
     @classmethod
     async def _fetch_nonce(cls, session, req: _Request, proxy: Optional[str]) -> str:
+        """A fresh REST nonce from ``start_session`` (cached for the site)."""
         from .http import post_json
 
-        url = req.base_url + SESSION_PATH
+        url = req.endpoint.session_url
         answer = await post_json(session, url, json={}, headers=req.headers, proxy=proxy,
                                  timeouts=req.timeouts, secrets=req.secrets)
         nonce = answer.get("restNonce") if isinstance(answer, dict) else None
@@ -285,8 +382,9 @@ class Opchatgpts(AsyncGeneratorProvider):
             raise ServerError(
                 f"{url} gave no restNonce"
                 + (f": {redact(str(message), req.secrets)}" if message else "")
-                + ". Sites on AI Engine < 2.4.4 have no start_session; pass nonce=None, or the page's restNonce."
+                + ". Sites on AI Engine < 2.4.4 have no start_session: pass the page's restNonce as nonce=..."
             )
+        cls.sites.set_nonce(req.endpoint, nonce)
         return nonce
 
     @classmethod
@@ -299,101 +397,145 @@ class Opchatgpts(AsyncGeneratorProvider):
             "(bot_id) choose the model, and the request's model argument is not sent."
         )
 
+    @staticmethod
+    def _is_nonce_refusal(exc) -> bool:
+        return exc.status in (401, 403) and any(code in str(exc.message) for code in _NONCE_CODES)
+
     # ---------------------------------------------------------------- stream
 
     @classmethod
-    async def _stream(cls, model, messages, proxy, reply: Reply, **kwargs) -> AsyncIterator[str]:
+    async def _open(cls, session, req: _Request, proxy, stack):
+        """Open the submit stream: (response, first bytes, secrets), retrying at most twice.
+
+        Once when a guessed REST root turns out wrong (plain permalinks), once
+        when the site refuses the nonce (none, stale or wrong): a fresh one from
+        ``start_session`` (auto mode only). Both happen before any reply text.
+        """
         from ..errors import HTTPStatusError
+
+        guessed, refreshed = req.endpoint.guessed, False
+        while True:
+            nonce = req.nonce if req.nonce not in (AUTO, NO_NONCE) else (
+                cls.sites.nonce(req.endpoint) if req.nonce == AUTO else None)
+            headers = {**req.headers, "X-WP-Nonce": nonce} if nonce else req.headers
+            secrets = tuple(sorted({*req.secrets, *([nonce] if nonce else [])}, key=len, reverse=True))
+            try:
+                response, first = await cls._post_submit(session, req, proxy, headers, secrets, stack)
+            except HTTPStatusError as exc:
+                if req.endpoint.guessed:  # a REST error: the guessed root is the right one
+                    req.endpoint = req.endpoint.confirmed()
+                    cls.sites.learn_root(req.endpoint)
+                if req.nonce == AUTO and not refreshed and cls._is_nonce_refusal(exc):
+                    refreshed = True
+                    cls.sites.set_nonce(req.endpoint, None)
+                    await cls._fetch_nonce(session, req, proxy)
+                    continue
+                raise cls._status_hint(exc, req, refreshed) from None
+            if response is None:  # moved (once: the new endpoint is not a guess)
+                req.endpoint = first
+                continue
+            if guessed:
+                req.endpoint = req.endpoint.confirmed()
+                cls.sites.learn_root(req.endpoint)
+            return response, first, secrets
+
+    @classmethod
+    async def _stream(cls, model, messages, proxy, reply: Reply, **kwargs) -> AsyncIterator[str]:
+        from contextlib import AsyncExitStack
+
         from ..sse import aiter_events
-        from .http import is_event_stream, iter_body, open_post, session_scope
+        from .http import iter_body, public_url, session_scope
 
         req: _Request = kwargs.get("_request") or cls._prepare(messages, proxy, kwargs)
-        url = req.endpoint
+        url = req.url
         try:
-            async with session_scope(req.session) as session:
-                headers = req.headers
-                secrets = req.secrets
-                if req.nonce == "auto":
-                    nonce = await cls._fetch_nonce(session, req, proxy)
-                    headers = {**headers, "X-WP-Nonce": nonce}
-                    secrets = (nonce,) + secrets
-                async with open_post(session, url, json=req.payload, headers=headers, proxy=proxy,
-                                     timeouts=req.timeouts, secrets=secrets) as response:
-                    first = b""
-                    if not is_event_stream(response):
-                        first = await cls._sniff_body(response, url, req, secrets, reply)
-                        if first is None:  # a complete non-streamed answer, now in reply.final
-                            text = reply.final.get("reply")
-                            if text:
+            async with session_scope(req.session) as session, AsyncExitStack() as stack:
+                response, first, secrets = await cls._open(session, req, proxy, stack)
+                url = req.url
+                # Safe to show; a plain-permalink site's route is in its query string, and is kept.
+                reply.endpoint = public_url(url) + ("?rest_route=" + url.split("rest_route=", 1)[1]
+                                                    if "rest_route=" in url else "")
+                if first is not None:  # not labelled an event stream: its first bytes decide
+                    first = await cls._sniff_body(response, url, req, secrets, reply, first)
+                    if first is None:  # a complete non-streamed answer, now in reply.final
+                        cls._keep_new_token(req, reply.final)
+                        text = reply.final.get("reply")
+                        if text:
+                            yield text
+                        return
+                body = iter_body(response, url, req.timeouts, first=first or b"")
+                events = aiter_events(body)
+                # The hot loop. Per event: one JSON parse, a "type" check, a yield;
+                # everything unusual leaves the fast path. What was yielded is on
+                # reply.chunks (ReplyStream appends each chunk before asking for the next).
+                scan = _scan_once
+                ignored = None
+                try:
+                    async for event in events:
+                        data = event.data
+                        # json.loads minus its wrappers: the C scanner parses one
+                        # value at index 0; anything unusual (whitespace around
+                        # it, trailing data, broken JSON, no "type") takes the
+                        # slow path, which decides with json.loads itself.
+                        try:
+                            obj, end = scan(data, 0)
+                            kind = obj["type"] if end == len(data) else None
+                        except Exception:
+                            kind = None
+                        if kind is None:
+                            obj, kind = cls._decode_slow(data, url, secrets)
+                        if kind == "live":
+                            text = obj.get("data")
+                            if text.__class__ is str and "subtype" not in obj:
+                                yield text
+                                continue
+                            if not isinstance(text, str):
+                                raise cls._bad_live(data, url, secrets)
+                            subtype = obj.get("subtype")
+                            if subtype is None or subtype == "content":
+                                yield text
+                                continue
+                            if subtype == "thinking":
+                                yield Reasoning(text)
+                                continue
+                            ignored = cls._count(ignored, f"live/{subtype}")
+                        elif kind == "end":
+                            final = cls._parse_end(obj, data, url, secrets)
+                            if ignored:
+                                final["_ignored_events"] = ignored
+                            reply.final = final
+                            reply.usage = Usage.from_dict(final.get("usage"))
+                            reply.complete = True
+                            cls._keep_new_token(req, final)
+                            text = final.get("reply")
+                            if not reply.chunks and isinstance(text, str) and text:
                                 yield text
                             return
-                    body = iter_body(response, url, req.timeouts, first=first)
-                    events = aiter_events(body)
-                    # The hot loop. Per event: one JSON parse, a "type" check, a yield;
-                    # everything unusual leaves the fast path. What was yielded is on
-                    # reply.chunks (ReplyStream appends each chunk before asking for the next).
-                    scan = _scan_once
-                    ignored = None
-                    try:
-                        async for event in events:
-                            data = event.data
-                            # json.loads minus its wrappers: the C scanner parses one
-                            # value at index 0; anything unusual (whitespace around
-                            # it, trailing data, broken JSON, no "type") takes the
-                            # slow path, which decides with json.loads itself.
-                            try:
-                                obj, end = scan(data, 0)
-                                kind = obj["type"] if end == len(data) else None
-                            except Exception:
-                                kind = None
-                            if kind is None:
-                                obj, kind = cls._decode_slow(data, url, secrets)
-                            if kind == "live":
-                                text = obj.get("data")
-                                if text.__class__ is str and "subtype" not in obj:
-                                    yield text
-                                    continue
-                                if not isinstance(text, str):
-                                    raise cls._bad_live(data, url, secrets)
-                                subtype = obj.get("subtype")
-                                if subtype is None or subtype == "content":
-                                    yield text
-                                    continue
-                                if subtype == "thinking":
-                                    yield Reasoning(text)
-                                    continue
-                                ignored = cls._count(ignored, f"live/{subtype}")
-                            elif kind == "end":
-                                final = cls._parse_end(obj, data, url, secrets)
-                                if ignored:
-                                    final["_ignored_events"] = ignored
-                                reply.final = final
-                                reply.usage = Usage.from_dict(final.get("usage"))
-                                reply.complete = True
-                                text = final.get("reply")
-                                if not reply.chunks and isinstance(text, str) and text:
-                                    yield text
-                                return
-                            elif kind == "error":
-                                raise ServerError(cls._error_text(obj.get("data"), url, secrets))
-                            else:  # unknown: ignored for forward compatibility, counted
-                                ignored = cls._count(ignored, kind if isinstance(kind, str) else repr(kind))
-                    finally:
-                        await events.aclose()
-                        await body.aclose()
-                    raise TruncatedStreamError(
-                        f"the stream from {url} ended before its end event: the reply is incomplete"
-                        + (f" ({len(reply.chunks)} chunks received)" if reply.chunks else " (no text received)"),
-                        partial=reply.text,
-                    )
-        except HTTPStatusError as exc:
-            raise cls._status_hint(exc, req) from None
+                        elif kind == "error":
+                            raise ServerError(cls._error_text(obj.get("data"), url, secrets, req))
+                        else:  # unknown: ignored for forward compatibility, counted
+                            ignored = cls._count(ignored, kind if isinstance(kind, str) else repr(kind))
+                finally:
+                    await events.aclose()
+                    await body.aclose()
+                raise TruncatedStreamError(
+                    f"the stream from {url} ended before its end event: the server cut the reply off"
+                    + (f" ({len(reply.chunks)} chunks received)" if reply.chunks else " (no text received)"),
+                    partial=reply.text,
+                )
         except SSEDecodeError as exc:  # name the URL: the decoder does not know it
             raise SSEDecodeError(f"broken stream from {url}: {exc}", line=exc.line) from None
         except (TruncatedStreamError, StreamTimeoutError) as exc:
             if not getattr(exc, "partial", ""):
                 exc.partial = reply.text
             raise
+
+    @classmethod
+    def _keep_new_token(cls, req: _Request, final: Optional[dict]) -> None:
+        """An ``end`` payload's ``new_token`` replaces the site's cached nonce."""
+        token = final.get("new_token") if isinstance(final, dict) else None
+        if isinstance(token, str) and token and req.nonce != NO_NONCE:
+            cls.sites.set_nonce(req.endpoint, token)
 
     # ---------------------------------------------------------------- the slow paths
 
@@ -444,36 +586,45 @@ class Opchatgpts(AsyncGeneratorProvider):
         return final
 
     @staticmethod
-    def _error_text(data: Any, url: str, secrets: tuple) -> str:
+    def _error_text(data: Any, url: str, secrets: tuple, req: Optional[_Request] = None) -> str:
         if isinstance(data, dict):
             data = data.get("message") or data.get("error") or json.dumps(data)
         message = data if isinstance(data, str) and data else "an error event without a message"
-        return f"{url} sent an error: {redact(message, secrets)}"
+        text = f"{url} sent an error: {redact(message, secrets)}"
+        new = req.payload.get("newMessage") if req is not None else None
+        if message == REJECTED_TEXT and isinstance(new, str) and len(new) > INPUT_LIMIT:
+            text += (f" - the message is {len(new)} characters; AI Engine rejects messages longer than the "
+                     f"chatbot's input limit (textInputMaxLength, {INPUT_LIMIT} by default)")
+        return text
 
     @staticmethod
-    def _status_hint(exc: HTTPStatusError, req: _Request) -> HTTPStatusError:
+    def _status_hint(exc: "HTTPStatusError", req: _Request, refreshed: bool = False) -> "HTTPStatusError":
         from .http import restate
 
-        if exc.status in (401, 403) and "nonce" in str(exc.message).lower():
-            hint = (
-                " - this site wants a REST nonce: pass nonce='auto'" if req.nonce is None
-                else " - the nonce was refused (stale?): pass nonce='auto' for a fresh one"
-                if req.nonce != "auto" else " - even a fresh nonce from start_session was refused"
-            )
-            return restate(exc, str(exc.message) + hint)
+        if exc.status in (401, 403) and (Opchatgpts._is_nonce_refusal(exc) or "nonce" in str(exc.message).lower()):
+            if req.nonce == NO_NONCE:
+                hint = " - this site wants a REST nonce: leave nonce unset (fetched from start_session when needed)"
+            elif req.nonce != AUTO:
+                hint = " - the nonce given was refused (stale?): leave nonce unset for a fresh one from start_session"
+            else:
+                hint = " - even a fresh nonce from start_session was refused" if refreshed else ""
+            return restate(exc, str(exc.message) + hint) if hint else exc
+        if exc.status == 403 and REJECTED_TEXT in str(exc.message):
+            return restate(exc, str(exc.message) + " - AI Engine refuses an empty message, or a request naming "
+                           "neither botId nor customId")
         return exc
 
     @classmethod
-    async def _sniff_body(cls, response, url: str, req: _Request, secrets: tuple, reply: Reply) -> Optional[bytes]:
-        """A body not labelled ``text/event-stream``: look at its first bytes.
+    async def _sniff_body(cls, response, url: str, req: _Request, secrets: tuple, reply: Reply,
+                          first: bytes) -> Optional[bytes]:
+        """A body not labelled ``text/event-stream``: its ``first`` bytes decide.
 
         Returns the bytes read (to be fed to the SSE decoder first) when it is an
         event stream after all; ``None`` after accepting a non-streamed JSON
         answer (``reply`` filled in); raises for anything else.
         """
-        from .http import MAX_JSON_BODY, not_an_endpoint, read_body, read_first, sniff
+        from .http import MAX_JSON_BODY, not_an_endpoint, read_body, sniff
 
-        first = await read_first(response, url, req.timeouts)
         kind = sniff(first)
         if kind == "sse":
             return first

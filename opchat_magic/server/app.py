@@ -4,6 +4,10 @@ Routes (all JSON unless streamed):
 
 * ``POST /wp-json/mwai-ui/v1/chats/submit``  AI Engine chat (PROTOCOL.md)
 * ``POST /wp-json/mwai/v1/start_session``    ``{success, sessionId, restNonce}``
+* ``GET  /wp-json/``                         the REST index (name, url, namespaces)
+* ``/?rest_route=/...``, ``/index.php?rest_route=/...``  the same routes, spelt as on a
+  plain-permalink WordPress site; every AI Engine-side response carries the
+  ``Link: <{url}/wp-json/>; rel="https://api.w.org/"`` header WordPress sends
 * ``POST /v1/chat/completions``              OpenAI-compatible chat (``max_tokens`` /
   ``max_completion_tokens`` cut the reply with ``finish_reason: "length"``;
   ``n`` other than 1 is refused with a 400)
@@ -18,10 +22,16 @@ every ``/v1`` error is OpenAI's JSON ``{"error": {message, type, param, code}}``
 * ``POST /_opchat/fault``                    ``{"fault": NAME|null, "count": N|null, <knobs>}``
 * ``POST /_opchat/reset``                    zero the stats
 * ``POST /_opchat/expire_nonces``            make every issued nonce stale
+* ``POST /_opchat/age_nonces``               make issued nonces old: valid, answered with ``new_token``
 
 Checks happen in the plugin's order: the nonce (WordPress checks it before the
-plugin sees the request), then the body; a fault applies only to requests
-that passed them.
+plugin sees the request; with ``require_nonce`` none is 401 ``rest_forbidden``, a
+stale or wrong one 403 ``rest_cookie_invalid_nonce``), then the body (no botId
+nor customId, or an empty message: 403 rejected), then the chatbot (an unknown
+botId falls back to ``default``; a message over ``input_limit`` characters is
+rejected *inside* the stream: HTTP 200, ``application/json``, one ``error``
+event); a fault applies only to requests that passed them. As the plugin does,
+the server appends ``newMessage`` to ``messages`` as the last user turn.
 """
 from __future__ import annotations
 
@@ -36,14 +46,16 @@ from . import faults as faults_mod
 from .replies import compose, count_tokens, prompt_tokens, split_chunks
 from .state import FAULT_TUNING, ServerState
 from .streaming import EventStream, Turn, answer
-from .wire import NONCE_INVALID, OPENAI_BAD_KEY, REJECTED, AIEngineWire, OpenAIWire, dumps
+from .wire import (NONCE_INVALID, NONCE_MISSING, OPENAI_BAD_KEY, REJECTED, REJECTED_TEXT, AIEngineWire,
+                   OpenAIWire, dumps, sse)
 
-__all__ = ["build_app", "STATE", "MAX_NEW_MESSAGE"]
+__all__ = ["build_app", "STATE", "REST_LINK"]
 
 STATE = web.AppKey("opchat_state", ServerState)
 TASKS = web.AppKey("opchat_tasks", set)
-MAX_NEW_MESSAGE = 65_536  # the plugin rejects longer messages
-_COUNTED = {"submit", "start_session", "chat_completions", "models"}
+REST_LINK = '<{}/wp-json/>; rel="https://api.w.org/"'  # what every WordPress page sends
+_COUNTED = {"submit", "start_session", "chat_completions", "models", "rest_route", "rest_route_index"}
+_WORDPRESS_ROUTES = {"submit", "start_session", "rest_index", "rest_route", "rest_route_index"}
 
 
 def _json(obj: Any, status: int = 200, **kw) -> web.Response:
@@ -116,28 +128,50 @@ async def _reply(request: web.Request, endpoint: str, wire, messages: list, new_
 # -- AI Engine ------------------------------------------------------------------
 
 
+def _rejected_in_stream(stream: bool) -> web.Response:
+    """The plugin's answer to a request its chatbot refuses (message too long, no chatbot).
+
+    chat_submit() throws before the stream headers go out, so a streamed request
+    gets one error event in a body still labelled application/json (the REST
+    server's default), HTTP 200; a non-streamed one a 500.
+    """
+    if stream:
+        return web.Response(status=200, body=sse({"type": "error", "data": REJECTED_TEXT}),
+                            headers={"Content-Type": "application/json; charset=UTF-8"})
+    return _json(REJECTED, 500)
+
+
 async def submit(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    wire = AIEngineWire()
-    body, error = await _read_json(request, wire)
+    cfg = state.config
+    body, error = await _read_json(request, AIEngineWire())
     _record(request, "submit", body)
     if error is not None:
         return error
-    if state.config.require_nonce and not state.nonces.valid(request.headers.get("X-WP-Nonce")):
-        return _json(NONCE_INVALID, 403)
+    nonce = request.headers.get("X-WP-Nonce")
+    if cfg.require_nonce:
+        if not nonce:
+            return _json(NONCE_MISSING, 401)
+        if not state.nonces.valid(nonce):
+            return _json(NONCE_INVALID, 403)
     if not isinstance(body, dict):
         return _json(REJECTED, 403)
     new_message = body.get("newMessage")
-    bot = body.get("customId") if body.get("customId") is not None else body.get("botId")
-    if (
-        not isinstance(new_message, str)
-        or not new_message.strip()
-        or len(new_message) > MAX_NEW_MESSAGE
-        or bot not in state.config.bot_ids
-    ):
+    new_message = new_message.strip() if isinstance(new_message, str) else ""
+    if not new_message or not (body.get("botId") or body.get("customId")):
         return _json(REJECTED, 403)
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-    return await _reply(request, "submit", wire, messages, new_message, bool(body.get("stream", False)))
+    stream = bool(body.get("stream", False))
+    bot = body.get("customId") or body.get("botId")
+    if bot not in cfg.bot_ids and "default" not in cfg.bot_ids:  # no chatbot to fall back on
+        return _rejected_in_stream(stream)
+    if cfg.input_limit and len(new_message) > cfg.input_limit:
+        return _rejected_in_stream(stream)
+    history = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = history + [{"role": "user", "content": new_message}]
+    extra = {"new_token": state.nonces.issue()} if cfg.require_nonce and state.nonces.is_old(nonce) else None
+    # No responseId: the plugin sends one only when its engine reported an id.
+    wire = AIEngineWire(extra=extra)
+    return await _reply(request, "submit", wire, messages, new_message, stream)
 
 
 async def start_session(request: web.Request) -> web.Response:
@@ -149,6 +183,32 @@ async def start_session(request: web.Request) -> web.Response:
         body = None
     _record(request, "start_session", body)
     return _json({"success": True, "sessionId": secrets.token_hex(7), "restNonce": state.nonces.issue()})
+
+
+async def rest_index(request: web.Request) -> web.Response:
+    base = f"{request.scheme}://{request.host}"
+    return _json({"name": "opchat-magic local server", "url": base, "home": base,
+                  "namespaces": ["mwai/v1", "mwai-ui/v1"]})
+
+
+_REST_ROUTES = {"/mwai-ui/v1/chats/submit": ("POST", submit), "/mwai/v1/start_session": ("POST", start_session),
+                "/": ("GET", rest_index), "": ("GET", rest_index)}
+
+
+async def rest_route(request: web.Request) -> web.StreamResponse:
+    """``/?rest_route=/...``: the REST API as a plain-permalink site spells it."""
+    route = request.query.get("rest_route")
+    if route is None:
+        return web.Response(text="<!DOCTYPE html><html><head><title>opchat-magic local server</title></head>"
+                                 "<body>opchat-magic local server</body></html>", content_type="text/html")
+    method, handler = _REST_ROUTES.get(route.rstrip("/") if route != "/" else route, (None, None))
+    if handler is None:
+        return _json({"code": "rest_no_route", "message": "No route was found matching the URL and request method.",
+                      "data": {"status": 404}}, 404)
+    if request.method != method:
+        return _json({"code": "rest_no_route", "message": "No route was found matching the URL and request method.",
+                      "data": {"status": 404}}, 404)
+    return await handler(request)
 
 
 # -- OpenAI-compatible -------------------------------------------------------------
@@ -287,6 +347,11 @@ async def expire_nonces(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+async def age_nonces(request: web.Request) -> web.Response:
+    request.app[STATE].nonces.age()
+    return _json({"ok": True})
+
+
 # -- plumbing ---------------------------------------------------------------------
 
 
@@ -307,6 +372,8 @@ async def _count_status(request: web.Request, response: web.StreamResponse) -> N
     if request.path.startswith("/v1/"):
         response.headers.setdefault("x-request-id", "req_" + secrets.token_hex(16))
     route = request.match_info.route.name
+    if route in _WORDPRESS_ROUTES:
+        response.headers.setdefault("Link", REST_LINK.format(f"{request.scheme}://{request.host}"))
     transport = request.transport
     # A connection we (or the client) already closed sends no status at all.
     if route in _COUNTED and transport is not None and not transport.is_closing():
@@ -321,6 +388,9 @@ def build_app(state: ServerState) -> web.Application:
     r = app.router
     r.add_post("/wp-json/mwai-ui/v1/chats/submit", submit, name="submit")
     r.add_post("/wp-json/mwai/v1/start_session", start_session, name="start_session")
+    r.add_get("/wp-json/", rest_index, name="rest_index")
+    r.add_route("*", "/", rest_route, name="rest_route")
+    r.add_route("*", "/index.php", rest_route, name="rest_route_index")
     r.add_post("/v1/chat/completions", chat_completions, name="chat_completions")
     r.add_get("/v1/models", models, name="models")
     r.add_get("/v1/models/{model:.+}", model, name="model")
@@ -329,6 +399,7 @@ def build_app(state: ServerState) -> web.Application:
     r.add_post("/_opchat/reset", reset_stats, name="admin_reset")
     r.add_post("/_opchat/expire_nonces", expire_nonces, name="admin_expire_nonces")
     r.add_route("*", "/v1/{tail:.*}", openai_not_found, name="openai_not_found")
+    r.add_post("/_opchat/age_nonces", age_nonces, name="admin_age_nonces")
     return app
 
 

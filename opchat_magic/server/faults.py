@@ -47,7 +47,7 @@ OPENAI = frozenset({"openai"})
 BOTH = frozenset({"aiengine", "openai"})
 
 HTTP_MESSAGES = {
-    401: "Cookie check failed",
+    401: "Sorry, you are not allowed to do that.",
     403: "Sorry, your query has been rejected.",
     429: "You have reached the limit of requests. Please try again later.",
     500: "The server failed to answer (injected fault).",

@@ -51,8 +51,11 @@ class LocalServer:
       host, port         where to listen; port 0 picks a free port
       delay              seconds between streamed chunks (0: no pause, batched writes)
       chunk_size         characters per streamed chunk
-      bot_ids            AI Engine bot ids that are accepted
-      require_nonce      AI Engine submit needs ``X-WP-Nonce`` from start_session
+      bot_ids            AI Engine chatbots; an unknown botId is answered by ``default`` (as the
+                         plugin does) when there is one, else rejected
+      require_nonce      AI Engine submit needs ``X-WP-Nonce`` from start_session (as AI Engine 3.x)
+      input_limit        AI Engine: longest newMessage in characters (the chatbot's
+                         textInputMaxLength, 512 by default; 0: no limit)
       api_key            OpenAI endpoints need ``Authorization: Bearer <api_key>``
       max_body           request body limit in bytes (larger -> 413)
       fault              a fault name applied to every chat request until cleared
@@ -77,6 +80,7 @@ class LocalServer:
         chunk_size: int = 5,
         bot_ids: Iterable[str] = ("default",),
         require_nonce: bool = False,
+        input_limit: int = 512,
         api_key: Optional[str] = None,
         max_body: int = 1 << 20,
         fault: Optional[str] = None,
@@ -100,6 +104,7 @@ class LocalServer:
             chunk_size=chunk_size,
             bot_ids=frozenset(bot_ids),
             require_nonce=require_nonce,
+            input_limit=input_limit,
             api_key=api_key,
             max_body=max_body,
             fault_delay=fault_delay,
@@ -275,6 +280,10 @@ class LocalServer:
     def expire_nonces(self) -> None:
         """Make every issued nonce stale (submit then answers rest_cookie_invalid_nonce)."""
         self._state.nonces.expire()
+
+    def age_nonces(self) -> None:
+        """Make issued nonces old (still valid; the next end payload carries a ``new_token``)."""
+        self._state.nonces.age()
 
     def issue_nonce(self) -> str:
         """A valid nonce without a start_session round trip."""

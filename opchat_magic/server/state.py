@@ -27,6 +27,7 @@ class ServerConfig:
     chunk_size: int = 5
     bot_ids: frozenset = frozenset({"default"})
     require_nonce: bool = False
+    input_limit: int = 512  # the chatbot's textInputMaxLength (characters); 0: no limit
     api_key: Optional[str] = field(default=None, repr=False)  # never in a repr or a log
     max_body: int = 1 << 20
     fault_delay: float = 3.0
@@ -49,6 +50,8 @@ class ServerConfig:
             raise ValueError("chunk_size must be >= 1")
         if self.delay < 0 or self.fault_delay < 0:
             raise ValueError("delays must be >= 0")
+        if self.input_limit < 0:
+            raise ValueError("input_limit must be >= 0 (0: no limit)")
         if self.max_body < 1:
             raise ValueError("max_body must be >= 1")
 
@@ -99,11 +102,16 @@ class FaultSlot:
 
 
 class Nonces:
-    """Issued REST nonces. Any issued one is valid until :meth:`expire` (like a stale WP nonce)."""
+    """Issued REST nonces, like WordPress's: valid until :meth:`expire`.
+
+    :meth:`age` makes the issued ones *old* (WordPress: 12-24 h, the previous
+    tick): still valid, but the plugin then sends a fresh one as ``new_token``.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._valid: deque = deque(maxlen=10_000)
+        self._old: deque = deque(maxlen=10_000)
 
     def issue(self) -> str:
         nonce = secrets.token_hex(5)  # WordPress nonces are 10 hex chars
@@ -113,11 +121,21 @@ class Nonces:
 
     def valid(self, nonce: Optional[str]) -> bool:
         with self._lock:
-            return bool(nonce) and nonce in self._valid
+            return bool(nonce) and (nonce in self._valid or nonce in self._old)
+
+    def is_old(self, nonce: Optional[str]) -> bool:
+        with self._lock:
+            return bool(nonce) and nonce in self._old and nonce not in self._valid
+
+    def age(self) -> None:
+        with self._lock:
+            self._old.extend(self._valid)
+            self._valid.clear()
 
     def expire(self) -> None:
         with self._lock:
             self._valid.clear()
+            self._old.clear()
 
 
 class ServerState:

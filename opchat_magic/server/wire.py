@@ -13,7 +13,8 @@ import time
 from json.encoder import encode_basestring
 from typing import Any, Optional
 
-__all__ = ["sse", "dumps", "AIEngineWire", "OpenAIWire", "REJECTED", "NONCE_INVALID", "OPENAI_BAD_KEY"]
+__all__ = ["sse", "dumps", "AIEngineWire", "OpenAIWire", "REJECTED", "REJECTED_TEXT", "NONCE_MISSING",
+           "NONCE_INVALID", "OPENAI_BAD_KEY"]
 
 
 # Compact like the examples in PROTOCOL.md; non-ASCII sent as UTF-8, and
@@ -33,7 +34,9 @@ def sse(obj: Any) -> bytes:
 
 
 # The plugin's own bodies, word for word.
-REJECTED = {"success": False, "message": "Sorry, your query has been rejected."}
+REJECTED_TEXT = "Sorry, your query has been rejected."
+REJECTED = {"success": False, "message": REJECTED_TEXT}
+NONCE_MISSING = {"code": "rest_forbidden", "message": "Sorry, you are not allowed to do that.", "data": {"status": 401}}
 NONCE_INVALID = {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 403}}
 OPENAI_BAD_KEY = {
     "error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}
@@ -44,7 +47,13 @@ _AIENGINE_LIVE = b'data: {"type":"live","data":'
 
 
 class AIEngineWire:
+    """AI Engine 3.6.2's spelling. ``extra`` goes into the end payload (``new_token``)."""
+
     name = "aiengine"
+
+    def __init__(self, response_id: str = "", extra: Optional[dict] = None):
+        self.response_id = response_id
+        self.extra = extra or {}
 
     def live(self, chunk: str) -> bytes:
         # Once per streamed chunk: the bytes of sse({"type": "live", "data": chunk})
@@ -52,7 +61,13 @@ class AIEngineWire:
         return _AIENGINE_LIVE + _json_string(chunk) + b"}\n\n"
 
     def end_payload(self, reply: str, usage: dict) -> dict:
-        return {"success": True, "reply": reply, "images": None, "usage": usage}
+        # Field for field what the plugin's build_final_res() sends; usage as it reports it.
+        payload = {"success": True, "reply": reply, "images": None, "actions": [], "shortcuts": [], "blocks": [],
+                   "usage": {**usage, "price": None, "queries": 1, "accuracy": "estimated"}}
+        if self.response_id:
+            payload["responseId"] = self.response_id
+        payload.update(self.extra)
+        return payload
 
     def finish(self, reply: str, usage: dict) -> bytes:
         # The end event's data is a JSON *string* holding the final answer.
@@ -72,7 +87,7 @@ class AIEngineWire:
 
     def error_body(self, status: int, message: str) -> dict:
         if status == 401:
-            return {"code": "rest_cookie_invalid_nonce", "message": "Cookie check failed", "data": {"status": 401}}
+            return dict(NONCE_MISSING)
         if status == 403:
             return dict(REJECTED)
         return {"success": False, "message": message}
