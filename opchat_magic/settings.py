@@ -46,6 +46,8 @@ class OpchatSettings(Configurable):
         "", help="Endpoint: the AI Engine site (opchatgpts) or base URL (openai); empty means the "
                  "provider's default and its environment variables (OPCHAT_URL, OPENAI_BASE_URL).",
     ).tag(config=True)
+    endpoints = Dict(help="Endpoint per provider name, for cells that pick a provider with -p NAME "
+                          "(e.g. {'ollama': 'http://gpu-box:11434/v1'}); `url` still applies to `provider`.").tag(config=True)
     system = Unicode("", help="System prompt sent before the history (empty: none).").tag(config=True)
     thread = Unicode("default", help="Thread used when a cell names none.").tag(config=True)
     max_history = Int(0, help="Most history messages sent per turn (0: all). Storage keeps all.").tag(config=True)
@@ -85,6 +87,18 @@ def provider_class(name: str):
         raise SettingsError(f"{text}\nPick one with -p NAME or %config {CONFIG_SECTION}.provider.") from None
 
 
+def provider_endpoint(settings: OpchatSettings, provider: Optional[str] = None) -> str:
+    """The configured endpoint of ``provider`` (None: the configured provider); "" for its own default.
+
+    The configured provider's is ``url`` (else its ``endpoints`` entry); any other's, its ``endpoints`` entry.
+    """
+    name = (provider or settings.provider).strip().lower()
+    own = {str(k).strip().lower(): str(v) for k, v in settings.endpoints.items() if v}.get(name, "")
+    if name == settings.provider.strip().lower():
+        return settings.url or own
+    return own
+
+
 def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, model: Optional[str] = None,
                  system: Optional[str] = None, include_history: bool = True,
                  retryable: bool = True) -> TurnOptions:
@@ -92,8 +106,9 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
 
     ``provider``/``model``/``system`` override the settings for this turn
     (None or empty: the setting). ``url`` is the configured provider's
-    endpoint; a provider override uses that provider's own default and
-    environment (an AI Engine URL means nothing to Ollama).
+    endpoint; a provider override uses that provider's own endpoint from
+    ``endpoints``, else its default and environment (an AI Engine URL means
+    nothing to Ollama). The reply's footer names the endpoint used.
     """
     chosen = provider or None
     cls = provider_class(chosen or settings.provider)
@@ -104,8 +119,9 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
     kwargs = dict(settings.provider_options)
     kwargs.setdefault("connect_timeout", settings.connect_timeout)
     kwargs.setdefault("read_timeout", settings.read_timeout)
-    if settings.url and (chosen is None or chosen == settings.provider):
-        kwargs.setdefault(getattr(cls, "url_kwarg", "url"), settings.url)
+    endpoint = provider_endpoint(settings, chosen)
+    if endpoint:
+        kwargs.setdefault(getattr(cls, "url_kwarg", "url"), endpoint)
     secrets = tuple(v for v in (os.environ.get(k) for k in KEY_VARIABLES) if v)
     secrets += tuple(str(v) for k, v in kwargs.items() if "key" in k.lower() and v)
     return TurnOptions(

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 
 from .errors import OpchatError, StoppedError, redact
 from .loop import WAIT_SLICE, Job, LoopThread, get_loop
+from .providers.base import Reasoning
 
 __all__ = ["TurnOptions", "ChatTurn", "Outcome", "retry_command"]
 
@@ -133,7 +134,10 @@ class ChatTurn:
 
     async def _run(self):
         opts = self.options
-        stream = opts.provider.create_async_generator(opts.model, self.messages, **opts.provider_kwargs)
+        # reasoning=True: Reasoning chunks come too, for the renderer's thinking part. They
+        # never reach the history: the commit below takes reply.text, the answer alone.
+        stream = opts.provider.create_async_generator(opts.model, self.messages, reasoning=True,
+                                                      **opts.provider_kwargs)
         self.reply = stream.reply
         try:
             async with stream:
@@ -152,7 +156,8 @@ class ChatTurn:
         with self._lock:
             was_empty = not self._pending
             self._pending.append(text)
-            self._received.append(text)
+            if text.__class__ is not Reasoning:  # what arrived of the answer: the partial kept on failure
+                self._received.append(text)
             wake = self._wake
         if was_empty and wake is not None:
             wake()
@@ -164,12 +169,19 @@ class ChatTurn:
 
     # -- reading ------------------------------------------------------------------
     def drain(self) -> str:
-        """The text that arrived since the last call."""
+        """The answer text that arrived since the last call (reasoning since then is dropped)."""
+        return self.drain_parts()[1]
+
+    def drain_parts(self) -> "tuple[str, str]":
+        """(reasoning, answer text) that arrived since the last call."""
         with self._lock:
             if not self._pending:
-                return ""
+                return "", ""
             chunks, self._pending = self._pending, []
-        return "".join(chunks)
+        thoughts = [c for c in chunks if c.__class__ is Reasoning]
+        if not thoughts:
+            return "", "".join(chunks)
+        return "".join(thoughts), "".join(c for c in chunks if c.__class__ is not Reasoning)
 
     @property
     def text(self) -> str:
@@ -230,19 +242,22 @@ class ChatTurn:
 
     def render(self, renderer, outcome: Outcome, footer: Optional[str]) -> None:
         """Show the end of the turn on ``renderer``'s face: the rest of the text, then footer or failure."""
-        text = self.drain()
-        if text:
-            renderer.feed(text)
+        self._feed(renderer)
         if outcome.complete:
             renderer.finish(footer if self.options.footer else None)
         else:
             renderer.fail(outcome.message, stopped=outcome.stopped)
 
     # -- the drivers -------------------------------------------------------------------
-    def _pump(self, renderer) -> None:
-        text = self.drain()
+    def _feed(self, renderer) -> None:
+        reasoning, text = self.drain_parts()
+        if reasoning:
+            renderer.feed_reasoning(reasoning)
         if text:
             renderer.feed(text)
+
+    def _pump(self, renderer) -> None:
+        self._feed(renderer)
         renderer.tick()
 
     def _finish(self, renderer) -> Outcome:

@@ -45,3 +45,11 @@ def test_a_record_of_a_turn_works_too():
     record = SimpleNamespace(provider="Opchatgpts", model="", usage={"prompt_tokens": 5, "completion_tokens": 6},
                              time_to_first_chunk=None, total_time=1.5)
     assert footer_text(record) == "opchatgpts · 5 in / 6 out tokens · 1.50 s"
+
+
+def test_the_endpoint_is_named_short_and_without_credentials():
+    r = _reply(provider="OpenAICompatible", model="qwen3", usage=Usage(1, 2, 3),
+               endpoint="http://127.0.0.1:11434/v1/chat/completions")
+    assert footer_text(r).startswith("openai · qwen3 · 127.0.0.1:11434 · 1 in / 2 out tokens")
+    r.endpoint = "https://user@api.example.com/v1/chat/completions"
+    assert " · api.example.com · " in footer_text(r) and "user" not in footer_text(r)

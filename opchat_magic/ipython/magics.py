@@ -28,10 +28,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import Markdown, display
 
-from ..errors import OpchatError, ThreadBusyError
+from ..errors import OpchatError, ThreadBusyError, redact
 
 MAGIC_NAME = "opchat"
 _VARIABLE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t]*)+\Z")
 _FENCE = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
 
 
@@ -118,7 +119,9 @@ class OpchatMagics(Magics):
 
     def _prepare(self, line: str, cell: str):
         args = self._parse(self.opchat, line)
-        text = self._interpolate(cell or "")
+        # Sent as written, minus the trailing newline and blank lines a cell always ends with:
+        # a real model answers 'Name one fruit.\n' differently from 'Name one fruit.'.
+        text = self._interpolate(_TRAILING_BLANK.sub("", cell or ""))
         if not text.strip():
             raise UsageError("The %%opchat cell is empty: write your message below the %%opchat line.")
         if args.output and not args.output.isidentifier():
@@ -276,7 +279,12 @@ class OpchatMagics(Magics):
 
     @line_magic(MAGIC_NAME)
     def opchat_line(self, line):
-        """`%opchat providers`: list providers. `%opchat config`: show settings."""
+        """`%opchat providers`: list providers. `%opchat config`: show settings.
+        `%opchat models [NAME]`: the models the configured provider's server (or NAME's) offers."""
+        word, _, rest = line.strip().partition(" ")
+        if word == "models":
+            self._models(rest.strip() or None)
+            return
         word = line.strip()
         if word == "providers":
             from ..providers.registry import providers_table
@@ -285,7 +293,29 @@ class OpchatMagics(Magics):
         elif word == "config":
             display(Markdown(self.settings.describe()))
         else:
-            raise UsageError("%opchat takes `providers` or `config`; a chat goes in a %%opchat cell.")
+            raise UsageError("%opchat takes `providers`, `models` or `config`; a chat goes in a %%opchat cell.")
+
+    def _models(self, provider: Optional[str]) -> None:
+        from ..loop import get_loop
+        from ..model_list import LISTING_TIMEOUT, model_listing
+        from ..settings import SettingsError, provider_endpoint
+
+        try:
+            listing = get_loop().run(model_listing(self.settings, provider), timeout=LISTING_TIMEOUT + 5)
+        except SettingsError as exc:
+            raise UsageError(str(exc)) from None
+        except (OpchatError, TimeoutError, OSError) as exc:
+            name = provider or self.settings.provider
+            where = provider_endpoint(self.settings, provider) or "its default endpoint"
+            text = f"Could not list the models of {name} ({where}): {exc}"
+            raise _quiet(exc, redact(text, self._secrets())) from None
+        display({"text/markdown": listing.markdown(), "text/plain": listing.plain()}, raw=True)
+
+    def _secrets(self) -> tuple:
+        from ..settings import KEY_VARIABLES
+        import os
+
+        return tuple(v for v in (os.environ.get(k) for k in KEY_VARIABLES) if v)
 
 
 def extract_code(markdown: str) -> str:

@@ -7,7 +7,8 @@
     ollama · llama3.2 · usage not reported · first chunk 0.20 s · 1.10 s · input cut: 12 earlier messages left out
 
 In order: the provider's name as registered (``%opchat providers``), the model
-the server says it used (``reply.model``), tokens in and out when the server
+the server says it used (``reply.model``), the server it came from
+(``host:port`` of ``reply.endpoint``, when the provider records it), tokens in and out when the server
 reported them (and reasoning tokens), the time to the first chunk and the
 total time, then notes (what the context helper cut from the input, ...).
 Plain text: the faces escape it for Markdown. It never includes the history's
@@ -52,6 +53,14 @@ def usage_text(usage: Any) -> str:
     return text
 
 
+def endpoint_text(endpoint: str) -> str:
+    """Where the reply came from, short: ``host:port`` of ``reply.endpoint`` (already credential-free)."""
+    if not endpoint:
+        return ""
+    rest = endpoint.split("://", 1)[-1]
+    return rest.split("/", 1)[0].rsplit("@", 1)[-1]
+
+
 def _provider_name(reply: Any, provider: str) -> str:
     if provider:
         return provider
@@ -69,7 +78,8 @@ def footer_text(reply: Any, provider: str = "", notes: Sequence[str] = ()) -> st
     ``provider``: the registered name the turn used (else looked up from ``reply.provider``);
     ``notes``: short remarks appended at the end (e.g. what was cut from the input).
     """
-    parts = [p for p in (_provider_name(reply, provider), getattr(reply, "model", "") or "") if p]
+    parts = [p for p in (_provider_name(reply, provider), getattr(reply, "model", "") or "",
+                         endpoint_text(getattr(reply, "endpoint", "") or "")) if p]
     usage = usage_text(getattr(reply, "usage", None))
     parts.append(usage or USAGE_NOT_REPORTED)
     first = getattr(reply, "time_to_first_chunk", None)
