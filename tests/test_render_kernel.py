@@ -46,7 +46,7 @@ def kernel():
 
 
 # -- DisplayFace ------------------------------------------------------------------------
-def test_display_face_sends_each_block_once_and_updates_only_tails(kernel):
+def test_display_face_sends_each_output_once_final_and_updates_only_tails(kernel):
     reply = realistic_reply(20_000, seed=4)
     ex = kernel.run(display_code(reply), timeout=120)
     shown = ex.of_type("display_data", "update_display_data")
@@ -65,17 +65,16 @@ def test_display_face_sends_each_block_once_and_updates_only_tails(kernel):
             assert set(data) == {"text/markdown"}
         elif m["msg_type"] == "update_display_data":
             assert display_id in tail_ids  # updates only ever go to tail handles
-        if "text/plain" in data:  # a final state: a block (or the footer)
+        if "text/plain" in data:  # a final state: a group of blocks (or the footer)
             md = data["text/markdown"]
             assert data["text/plain"] == md or md.startswith("*⏱")
             finals[md] = finals.get(md, 0) + 1
-    # every completed block is sent in full, with text/plain, exactly once
-    for md in blocks:
-        assert finals.get(md) == 1, md
-    # and the frontend ends up holding the whole reply as static Markdown, in order
+    # every output's final state (several whole blocks) is sent with text/plain exactly once
+    assert all(count == 1 for count in finals.values()), finals
+    # and the frontend ends up holding the whole reply as static Markdown, in order, in a few outputs
     outputs = [o["data"]["text/markdown"] for o in ex.final_outputs()]
-    assert outputs[:-1] == blocks and outputs[-1] == "*⏱ 1 token · 0\\.1 s*"
-    assert len(tail_ids) > 10
+    assert "".join(outputs[:-1]) == "".join(blocks) and outputs[-1] == "*⏱ 1 token · 0\\.1 s*"
+    assert 3 <= len(outputs) <= 10 < len(blocks)
 
 
 def test_display_face_bytes_are_linear_in_the_reply(kernel):
@@ -88,10 +87,13 @@ def test_display_face_bytes_are_linear_in_the_reply(kernel):
         sizes[n] = (sum(message_bytes(m) for m in shown), markdown, len(shown))
     (b1, _md1, _n1), (b5, md5, n5) = sizes[10_000], sizes[50_000]
     growth = b5 / b1
-    assert 4 <= growth <= 6, sizes  # 5x the reply: ~5x the bytes on iopub, not ~25x
-    # the payload per reply char: tails (~1.5x, the budget) + each block once as
-    # text/markdown and text/plain (2x), JSON-escaped; measured 3.95
-    assert md5 / 50_000 <= 4.5, sizes
+    assert 4 <= growth <= 6.5, sizes  # 5x the reply: ~5x the bytes on iopub, not ~25x
+    # the payload per reply char at 1,000 chars/s: the open output's re-sends (budget 1.5x,
+    # plus max-lag re-sends within lag_rate) + each output once as text/markdown and
+    # text/plain (2x), JSON-escaped; measured 8.4. Few messages (176 for 50 K), so the
+    # bytes on iopub, headers included, stay near 10 per char (12.5 with one output per block).
+    assert md5 / 50_000 <= 9.5, sizes
+    assert b5 / 50_000 <= 12, sizes
     print("\nDisplayFace, 50k chars: %d display msgs, %d bytes on iopub (%.1f per char), payload %.2f per char"
           % (n5, b5, b5 / 50_000, md5 / 50_000))
 
@@ -104,7 +106,7 @@ def test_widget_face_comm_traffic_carries_only_the_tail(kernel):
     opens = {m["content"]["comm_id"]: m["content"]["data"]["state"] for m in ex.of_type("comm_open")}
     models = {cid: st.get("_model_name") for cid, st in opens.items()}
     outputs_in_order = [cid for cid in opens if models[cid] == "OutputModel"]
-    assert len(outputs_in_order) > 30
+    assert len(outputs_in_order) >= 4
     root = next(cid for cid in opens if models[cid] == "VBoxModel")
     assert sum(1 for name in models.values() if name == "LayoutModel") == 3  # shared layouts
     state = {cid: dict(st) for cid, st in opens.items()}
@@ -130,7 +132,7 @@ def test_widget_face_comm_traffic_carries_only_the_tail(kernel):
                 children_bytes += message_bytes(m)
             state[cid].update(data["state"])
     finals = [state[cid]["outputs"][0]["data"]["text/markdown"] for cid in outputs_in_order]
-    assert finals[:-1] == expected_blocks(reply)
+    assert "".join(finals[:-1]) == "".join(expected_blocks(reply))
     assert finals[-1].startswith("*⏱")
     render_bytes = sum(message_bytes(m) for m in ex.messages if m["msg_type"] != "execute_input")
     print("\nWidgetFace, 15k chars: %d Outputs; iopub %d bytes (%.1f per char): tail updates %d,"
@@ -160,7 +162,7 @@ def test_executed_notebook_keeps_the_whole_reply_as_static_markdown(tmp_path):
     assert outputs and all(o.output_type == "display_data" for o in outputs)
     md = [o.data["text/markdown"] for o in outputs]
     assert all("text/plain" in o.data for o in outputs)
-    assert md[:-1] == expected_blocks(reply)
+    assert "".join(md[:-1]) == "".join(expected_blocks(reply)) and len(md) <= 4
     assert "".join(md[:-1]).replace("&lt;img", "<img") == "".join(_blocks_raw(reply))
     assert "<img" not in "".join(md)
     # the widget cell: a widget view, with the state of its Outputs saved in the metadata
@@ -169,4 +171,5 @@ def test_executed_notebook_keeps_the_whole_reply_as_static_markdown(tmp_path):
     saved_md = [m["state"]["outputs"][0]["data"]["text/markdown"] for m in state.values()
                 if m["model_name"] == "OutputModel" and m["state"].get("outputs")]
     widget_blocks = expected_blocks("widget " + reply)
-    assert len(widget_blocks) > 10 and set(widget_blocks) <= set(saved_md)
+    saved_text = "\n".join(saved_md)
+    assert len(widget_blocks) > 10 and all(block in saved_text for block in widget_blocks)

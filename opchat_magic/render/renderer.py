@@ -1,18 +1,26 @@
 """The renderer: text chunks of one reply in, Markdown outputs out.
 
 It knows nothing of HTTP or providers. Chunks go through a
-:class:`~.blocks.BlockSplitter`; a completed block is sanitised once and sent
-once (``face.add_block``); the open tail is sanitised and re-sent
-(``face.set_tail``), throttled:
+:class:`~.blocks.BlockSplitter`; each completed block is sanitised once. The
+face shows one **open output** (``face.set_tail``): the completed blocks it
+has gathered so far plus the sanitised open tail. Once it holds
+``group_chars`` characters of completed blocks (or a tenth of the reply so
+far, if larger), it is sent once more, final (``face.add_block``), and the
+next output opens. So a reply makes few outputs whatever its length (about 20
+for 100 K characters, 40 for 1 M): JupyterLab and Notebook 7 show at most 50
+outputs per cell and hide the rest behind a button, tail included.
+
+Re-sends of the open output are throttled:
 
 * the first chunk renders at once; later renders happen at most once per
   ``interval`` seconds (``feed`` marks the reply dirty; the owner calls
   ``tick()`` every 50-100 ms to flush it);
-* a dirty tail is re-sent only when the tail bytes sent so far stay within
-  ``budget`` bytes per byte of reply received, or when ``max_lag`` seconds
-  have passed since the last render. With the tail capped by the splitter,
-  the bytes sent are at most about ``(1 + budget) * len(reply)`` plus
-  ``tail cap / max_lag`` per second: linear in the reply, never quadratic.
+* a dirty output is re-sent only when the bytes re-sent so far stay within
+  ``budget`` bytes per byte of reply received, or when the last render is
+  ``max_lag`` seconds old *and* re-sending keeps within ``lag_rate``
+  characters per second. The bytes sent are at most about
+  ``(2 + budget) * len(reply)`` plus ``lag_rate`` per second of streaming:
+  linear in the reply, never quadratic.
 
 Reasoning ("thinking") text goes to ``feed_reasoning``: it is shown apart,
 before the reply, by :class:`~.reasoning.ReasoningPart` (same throttle, bounded
@@ -48,6 +56,8 @@ class Renderer:
         budget: float = 1.5,
         max_chars: int = 2000,
         max_fence_lines: int = 40,
+        group_chars: int = 4000,
+        lag_rate: float = 8000.0,
     ):
         self.face = face
         self.interval = interval
@@ -60,12 +70,17 @@ class Renderer:
         self._last: Optional[float] = None
         self._dirty = False
         self._credit = 0.0
-        self._tail_md = ""
+        self._tail_md = ""  # what the open output shows now
+        self._group: List[str] = []  # completed blocks (sanitised) in the open output
+        self._group_len = 0
+        self.group_chars = group_chars
+        self.lag_rate = lag_rate
         self._closed = False
         self.reasoning = ReasoningPart(face, clock, interval=interval, max_lag=self.max_lag, budget=budget)
         # counters (benchmarks, tests)
         self.chars = 0  # reply characters received
-        self.blocks_sent = 0  # add_block calls
+        self.blocks = 0  # completed blocks
+        self.blocks_sent = 0  # add_block calls (final outputs)
         self.tail_updates = 0  # set_tail calls (or raw writes)
         self.bytes_sent = 0  # characters of Markdown handed to the face
 
@@ -135,31 +150,43 @@ class Renderer:
             self.face.error("⚠ " + (message or "error"))
 
     # -- rendering -----------------------------------------------------------
+    def _view_len(self) -> int:
+        return self._group_len + self._splitter.tail_len
+
     def _maybe_render(self, now: float) -> None:
         elapsed = now - self._last
         if elapsed < self.interval:
             return
-        if (
-            self._splitter.pending
-            or self._credit >= self._splitter.tail_len
-            or elapsed >= self.max_lag
-        ):
+        view = self._view_len()
+        if self._credit >= view or (elapsed >= self.max_lag and elapsed * self.lag_rate >= view):
             self._render(now)
 
-    def _send_blocks(self, blocks: List[str]) -> None:
+    def _take_blocks(self, blocks: List[str], final: bool = False) -> None:
+        """Gather completed blocks into the open output; close it when it is big enough."""
         for block in blocks:
             if not block.strip():
                 continue
             md = sanitize_markdown(block)
-            self.face.add_block(md)
-            self.blocks_sent += 1
-            self.bytes_sent += len(md)
-            self._tail_md = ""  # the face's tail (if any) became this block
+            self._group.append(md)
+            self._group_len += len(md)
+            self.blocks += 1
+            if self._group_len >= max(self.group_chars, self.chars // 10):
+                self._close_output()
+        if final and self._group:
+            self._close_output()
+
+    def _close_output(self) -> None:
+        md = "".join(self._group)
+        self._group, self._group_len = [], 0
+        self.face.add_block(md)  # the open output's final state
+        self.blocks_sent += 1
+        self.bytes_sent += len(md)
+        self._tail_md = ""  # the next output opens on the next render
 
     def _render(self, now: float) -> None:
-        self._send_blocks(self._splitter.take_completed())
+        self._take_blocks(self._splitter.take_completed())
         tail = self._splitter.tail
-        md = sanitize_markdown(tail) if tail.strip() else ""
+        md = "".join(self._group) + (sanitize_markdown(tail) if tail.strip() else "")
         if md != self._tail_md:
             self.face.set_tail(md)
             self.tail_updates += 1
@@ -173,6 +200,6 @@ class Renderer:
         self.reasoning.close()
         self._closed = True
         if not self._raw:
-            self._send_blocks(self._splitter.close())
+            self._take_blocks(self._splitter.close(), final=True)
         self.face.close_tail()
         self._dirty = False
