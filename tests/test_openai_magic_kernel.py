@@ -115,7 +115,7 @@ def test_reasoning_is_shown_apart_before_the_reply_and_never_sent_back(kernel, s
     outputs = [o["data"] for o in ex.final_outputs() if "data" in o]
     thinking = outputs[0]["text/markdown"]
     assert thinking.startswith("<details><summary>Thought · ")  # collapsed, first
-    assert flat(reasoning_text(reply_text(messages)).replace(".", "\\."))[:40] in flat(thinking)
+    assert outputs[0]["text/plain"].endswith(reasoning_text(reply_text(messages)))
     answer = flat(ex.markdown().split("</details>", 1)[1])
     assert flat(reply_text(messages))[:40] in answer and "The user wants an echo" not in answer
     assert "reasoning\\)" in ex.markdown()  # the footer counts reasoning tokens (escaped Markdown)
@@ -204,3 +204,14 @@ def test_panel_faults(kernel, server):
     kernel.run("panel.send('long [[fault:empty_body]]')")
     wait_for(kernel, "not panel.busy")
     assert "context window" in kernel.value("panel.status_text")
+
+
+def test_ai_engine_thinking_events_are_shown_as_reasoning_too(kernel, server):
+    kernel.run(f"%config OpchatMagics.endpoints = {{'opchatgpts': {server.url!r}}}")
+    ex = kernel.run("%%opchat -p opchatgpts\nPonder [[fault:reasoning]]")
+    assert ex.error is None
+    outputs = [o["data"] for o in ex.final_outputs() if "data" in o]
+    assert outputs[0]["text/markdown"].startswith("<details><summary>Thought · ")
+    assert "The user wants an echo" in outputs[0]["text/plain"]
+    assert "The user wants an echo" not in "".join(o["text/markdown"] for o in outputs[1:])
+    assert server.stats.last_body["newMessage"] == "Ponder [[fault:reasoning]]"

@@ -267,8 +267,11 @@ async def no_usage(request, turn, s):
 
 
 def reasoning_text(reply: str) -> str:
-    """The reasoning the ``reasoning*`` faults stream before the reply (tests predict it)."""
-    return f"The user wants an echo. The reply has {len(reply)} characters; I will send it as is."
+    """The reasoning the ``reasoning*`` faults stream before the reply (tests predict it).
+
+    It quotes the reply's first line, so a hostile message makes hostile reasoning too."""
+    first = reply.split("\n", 1)[0]
+    return f"The user wants an echo. {first} - the reply has {len(reply)} characters; I will send it as is."
 
 
 async def _reasoning_then_answer(turn, s, key: str) -> None:
