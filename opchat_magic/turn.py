@@ -40,6 +40,11 @@ __all__ = ["TurnOptions", "ChatTurn", "Outcome", "retry_command"]
 
 # How long a stopped stream may take to close its connection before the driver moves on.
 UNWIND_LIMIT = 1.0
+# How long a driver waits, after the stream, for the turn's history write before saying it is late
+# (off the private loop: a busy database never stalls a stream, only this footer note waits).
+SAVE_GRACE = 0.2
+NOT_SAVED_YET = ("history not saved yet: the database is locked by another process; "
+                 "it is saved when the lock frees")
 
 
 @dataclass
@@ -74,6 +79,8 @@ class Outcome:
     message: str = ""  # one secret-free paragraph on what went wrong
     retry: str = ""  # the command that retries it ("" when it cannot be retried)
     chars: int = 0  # characters that arrived
+    footer: str = ""  # the line under a complete reply (render/footer.py), notes included
+    saved: bool = True  # False: the history write was still waiting when the turn was shown
 
     @property
     def complete(self) -> bool:
@@ -260,11 +267,14 @@ class ChatTurn:
         self._feed(renderer)
         renderer.tick()
 
-    def _finish(self, renderer) -> Outcome:
+    def _finish(self, renderer, saved: bool) -> Outcome:
         from .render.footer import footer_text
 
         outcome = self.conclude()
-        self.render(renderer, outcome, footer_text(outcome.reply) if outcome.complete else None)
+        if outcome.complete:
+            outcome.saved = saved
+            outcome.footer = footer_text(outcome.reply, notes=() if saved else (NOT_SAVED_YET,))
+        self.render(renderer, outcome, outcome.footer or None)
         return outcome
 
     def drive_blocking(self, renderer) -> Outcome:
@@ -286,7 +296,8 @@ class ChatTurn:
         else:
             if self.job.cancelled():
                 self.wait_closed(UNWIND_LIMIT)
-        return self._finish(renderer)
+        saved = self.thread.wait_saved(SAVE_GRACE) if self.turn.status == "complete" else True
+        return self._finish(renderer, saved)
 
     async def drive(self, renderer, progress: Optional[Callable[["ChatTurn"], None]] = None) -> Outcome:
         """Start (if needed) and render the turn from a coroutine on any loop.
@@ -326,4 +337,10 @@ class ChatTurn:
                 await self.job.wait_finished(UNWIND_LIMIT)
             except asyncio.CancelledError:  # a second interrupt: stop waiting, conclude now
                 pass
-        return self._finish(renderer)
+        saved = True
+        if self.turn.status == "complete":
+            try:  # off this loop (the panel's is the private one, where streams run)
+                saved = await loop.run_in_executor(None, self.thread.wait_saved, SAVE_GRACE)
+            except asyncio.CancelledError:
+                saved = False
+        return self._finish(renderer, saved)

@@ -81,18 +81,17 @@ def messages(kernel, name="panel"):
 
 def test_send_streams_without_blocking_the_kernel(kernel, server):
     text = "hello [[chunks:120]] [[delay:0.02]]"  # ~2.4 s of streaming
-    started = time.monotonic()
+    completed = server.stats.completed
     kernel.run(f"panel.input.value = {text!r}\n_chat = panel.send()")
-    assert time.monotonic() - started < 2.0, "send() must return at once"  # the stream takes ~2.4 s
-    assert kernel.value("panel.busy") is True
+    # send() returned (the cell ended) while the reply is still streaming: no clock needed.
+    assert kernel.value("panel.busy and not _chat.done") is True, "send() must return at once"
     assert kernel.value("panel.input.value") == ""
     assert kernel.value("panel.send_button.disabled") is True
     assert kernel.value("panel.stop_button.disabled") is False
     # Other cells run while the panel streams.
-    t0 = time.monotonic()
     ex = kernel.run("1+1")
-    assert time.monotonic() - t0 < 2.0  # well inside the ~2.4 s stream
     assert ex.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "2"
+    assert kernel.value("panel.busy") is True and server.stats.completed == completed  # still streaming
     # The transcript grows while the reply streams.
     expected = reply_text(user(text), chunk_size=server.config.chunk_size)
     partial = wait_for(kernel, f"panel.busy and {flat(expected[:12])!r} in shown(panel) and shown(panel)",
@@ -144,12 +143,11 @@ def test_stop_closes_the_connection_and_keeps_the_partial_reply(kernel, server):
     before = server.stats.disconnects
     kernel.run("_chat = panel.send('long one [[chunks:400]] [[delay:0.02]]')")
     wait_for(kernel, "len(_chat.text) > 20", timeout=10)
-    stopped_at = time.monotonic()
     kernel.run("panel.stop()")
     wait_idle(kernel, timeout=5)
     stats = server.wait_for(lambda st: st.disconnects > before, timeout=3)
     assert stats.disconnects == before + 1
-    assert stats.disconnect_events[-1]["at"] - stopped_at < 1.5
+    assert stats.disconnect_events[-1]["chunks_sent"] < 400  # cut by the Stop, not by the end of the reply
     failed = kernel.value("(lambda t: [t.status, t.reply, t.user])(panel.thread.last_failed)")
     assert failed[0] == "stopped" and failed[1] and failed[2].startswith("long one")
     assert messages(kernel) == history("first")  # the stopped turn stays out of history

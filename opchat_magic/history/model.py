@@ -338,6 +338,10 @@ class Thread:
         if self._writer is not None:
             self._writer.write(what, self._key, self.name, *args, **kwargs)
 
+    def wait_saved(self, timeout: Optional[float] = None) -> bool:
+        """Wait until this session's queued history writes are on disk; False if ``timeout`` ran out."""
+        return self._writer.flush(timeout) if self._writer is not None else True
+
     def _tell(self, what: str) -> None:
         if self._notify is not None:
             self._notify(self.name, what)

@@ -246,6 +246,15 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long one statement waits for another process's lock before "database is locked".
+
+        The writer thread sets it short and retries itself, so it can tell the user
+        early that the file is locked, instead of sitting inside SQLite for 10 s.
+        """
+        with self._lock:
+            self._connection().execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError(f"The history database {self.path} is closed.")

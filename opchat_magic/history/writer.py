@@ -47,6 +47,12 @@ class Writer:
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self.waiting_for_lock = False  # a write is waiting for another process's lock now
+        set_busy = getattr(store, "set_busy_timeout", None)
+        if set_busy is not None:
+            try:
+                set_busy(RETRY_EVERY)
+            except Exception:  # a closed or odd store: its writes will report themselves
+                pass
 
     def write(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Queue ``store.method(*args, **kwargs)``; returns at once."""
@@ -103,28 +109,26 @@ class Writer:
 
     def _do(self, method: str, args: tuple, kwargs: dict) -> None:
         deadline = time.monotonic() + self.patience
-        told = False
         while True:
             try:
                 getattr(self.store, method)(*args, **kwargs)
-                if told:
-                    self.on_problem(f"opchat-magic: the history database {self._where()} is free again; "
-                                    "the waiting change is saved.")
-                return
             except Exception as exc:
                 if _locked(exc) and time.monotonic() < deadline:
-                    if not told:
-                        told = True
+                    if not self.waiting_for_lock:
+                        self.waiting_for_lock = True
                         self.on_problem(f"opchat-magic: the history database {self._where()} is locked by "
                                         "another process; the change is kept in memory and saved when the "
                                         "lock frees.")
-                    self.waiting_for_lock = True
                     time.sleep(RETRY_EVERY)
                     continue
+                self.waiting_for_lock = False
                 self.on_problem(f"opchat-magic could not save history to {self._where()}: {exc}")
                 return
-            finally:
+            if self.waiting_for_lock:
                 self.waiting_for_lock = False
+                self.on_problem(f"opchat-magic: the history database {self._where()} is free again; "
+                                "the waiting change is saved.")
+            return
 
     def _where(self) -> str:
         return str(getattr(self.store, "path", "the history database"))

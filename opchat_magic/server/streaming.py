@@ -141,11 +141,17 @@ class EventStream:
         await self.complete()
 
     async def complete(self) -> None:
-        """End the body cleanly and count the stream as completed."""
+        """Count the stream as completed, then end the body cleanly.
+
+        Counted first: once ``write_eof`` has sent the body's end, a client may
+        read it and look at the stats before this coroutine runs again, so a
+        count made after it raced every test that checks ``completed`` right
+        after reading a reply.
+        """
         assert self.resp is not None
-        await self.resp.write_eof()
         self.done = True
         self.state.stats.completed()
+        await self.resp.write_eof()
 
     async def end_early(self) -> None:
         """End the body cleanly although the protocol's end never came (a fault)."""
