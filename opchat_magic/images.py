@@ -20,11 +20,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from .errors import OpchatError
+from .errors import ImagesNotSupportedError, OpchatError
 
 __all__ = [
     "Image", "ImageError", "MAX_IMAGE_BYTES", "IMAGE_TYPES", "sniff", "load_image", "image_from_bytes",
-    "message_content", "content_text", "content_images", "has_images", "count_images", "to_refs", "expand_refs",
+    "message_content", "not_supported", "content_text", "content_images", "has_images", "count_images", "to_refs", "expand_refs",
 ]
 
 # OpenAI takes images up to 20 MB; a bigger one is refused before it is read.
@@ -119,6 +119,14 @@ def load_image(path: "str | os.PathLike", max_bytes: int = MAX_IMAGE_BYTES) -> I
     except OSError as exc:
         raise ImageError(f"--image {raw}: cannot read it ({exc.strerror or exc}).") from None
     return image_from_bytes(data, source=os.path.basename(expanded), max_bytes=max_bytes)
+
+
+def not_supported(endpoint: str, count: int) -> ImagesNotSupportedError:
+    """The error for images sent where only text goes: it names the endpoint and says nothing was sent."""
+    return ImagesNotSupportedError(
+        f"{endpoint} takes text only, and this message carries {count} image{'s' if count != 1 else ''}: "
+        "nothing was sent. Send images to an OpenAI-compatible vision model (-p openai, with "
+        "OPENAI_BASE_URL pointing at it), or leave the images out.")
 
 
 # -- message content ---------------------------------------------------------

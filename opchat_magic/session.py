@@ -8,7 +8,11 @@ connection and takes the settings out of ``shell.configurables``: after a
 reload there is one configurable and one open connection, never two.
 
 The Session also relays "a cell just ran" (IPython's ``post_run_cell``) to
-whoever listens (the panels), next to the conversation's own change events.
+whoever listens (the panels), next to the conversation's own change events,
+and records the error each cell raises (``context/cell_errors.py``), which
+``{Err[N]}`` and "explain this error" read. ``prompt()`` and
+``explain_prompt()`` turn what a user typed into what is sent, the same for
+every front door.
 """
 from __future__ import annotations
 
@@ -35,7 +39,11 @@ class Session:
         self._lock = threading.Lock()
         self._cell_listeners: List[Callable[[], None]] = []
         self._closed = False
+        self.errors = None  # the cells' errors, recorded from now on (context.cell_errors.ErrorLog)
         if shell is not None:
+            from .context.cell_errors import install
+
+            self.errors = install(shell)
             shell.events.register("post_run_cell", self._after_cell)
 
     # -- history ---------------------------------------------------------------------
@@ -69,11 +77,63 @@ class Session:
         """A turn's options from the settings and per-turn ``choices`` (see ``settings.turn_options``)."""
         return turn_options(self.settings, **choices)
 
-    def begin(self, thread, text: Optional[str], options):
-        """A :class:`~.turn.ChatTurn` on ``thread`` (``text=None``: retry its failed turn); not started."""
+    def begin(self, thread, text: Optional[str], options, *, image_paths=(), prompt=None):
+        """A :class:`~.turn.ChatTurn` on ``thread`` (``text=None``: retry its failed turn); not started.
+
+        ``text``'s ``{...}`` fields are resolved and ``image_paths`` loaded
+        first (:meth:`prompt`), unless ``prompt`` is given already resolved
+        (``explain_prompt``). A bad field, an image that can't be sent or a
+        provider that takes no images raises an ``OpchatError`` before
+        anything is sent or kept.
+        """
         from .turn import ChatTurn
 
-        return ChatTurn(thread, text, options)
+        if text is None:
+            return ChatTurn(thread, None, options)
+        if prompt is None:
+            prompt = self.prompt(text, image_paths)
+        return ChatTurn(thread, prompt.text, options, images=prompt.images,
+                        notes=[prompt.notice] if prompt.notice else [])
+
+    # -- what is sent --------------------------------------------------------------------
+    def _notebook(self):
+        from .context.references import Notebook
+
+        return Notebook.from_shell(self.shell, self.errors) if self.shell is not None else Notebook()
+
+    def prompt(self, text: str, image_paths=()):
+        """``text`` with its ``{...}`` fields resolved, plus the images of ``image_paths``.
+
+        Raises ``CellReferenceError`` (a UsageError) for a bad field and
+        ``ImageError`` for an image that can't be sent; nothing is sent then.
+        The result's ``images`` are the files first, then the referenced
+        images, each once; ``notice`` says what was cut.
+        """
+        from .context.references import resolve
+        from .images import load_image
+
+        limit = self.settings.max_image_bytes
+        files = [load_image(path, limit) for path in image_paths or ()]
+        prompt = resolve(text, self._notebook(), cap=self.settings.max_value_chars, max_image_bytes=limit)
+        seen, images = set(), []
+        for image in files + prompt.images:
+            if image.sha256 not in seen:
+                seen.add(image.sha256)
+                images.append(image)
+        prompt.images = images
+        return prompt
+
+    @property
+    def has_error(self) -> bool:
+        """A cell has raised an error since the extension loaded (there is one to explain)."""
+        return self.errors is not None and self.errors.last() is not None
+
+    def explain_prompt(self, number: Optional[int] = None):
+        """The request that explains the last error (or cell ``number``'s; negative counts back)."""
+        from .context.explain import explain_prompt, find_error
+
+        current = self.shell.execution_count if self.shell is not None else None
+        return explain_prompt(find_error(self.errors, number, current), cap=self.settings.max_value_chars)
 
     def completed(self, outcome) -> None:
         """A front door reports a turn's outcome; a complete one becomes ``last_reply``."""
@@ -105,6 +165,9 @@ class Session:
                 shell.events.unregister("post_run_cell", self._after_cell)
             except ValueError:
                 pass
+            from .context.cell_errors import uninstall
+
+            uninstall(shell)
             shell.configurables[:] = [c for c in shell.configurables if c is not self.settings]
         self._cell_listeners.clear()
         with self._lock:

@@ -63,6 +63,11 @@ class OpchatSettings(Configurable):
                                  "Keys belong in environment variables, not here.").tag(config=True)
     failover = List(Unicode(), help="Provider names tried in order when the first fails before any text.").tag(config=True)
     footer = Bool(True, help="Show tokens and timings under each reply.").tag(config=True)
+    max_value_chars = Int(100_000, min=0, help="Longest text one {reference} ({name}, {In[N]}, {Out[N]}, "
+                          "{Err[N]}) puts in a prompt; a longer value is cut with a marker saying how much "
+                          "was left out, and the footer says so (0: no limit).").tag(config=True)
+    max_image_bytes = Int(20 * 1024 * 1024, min=1, help="Largest image (--image, or an image {Out[N]}) "
+                          "sent to a vision model, in bytes.").tag(config=True)
 
     @classmethod
     def section_names(cls):

@@ -108,22 +108,34 @@ class ChatTurn:
     """
 
     def __init__(self, thread, user_text: Optional[str], options: TurnOptions,
-                 on_chunk: Optional[Callable[[], None]] = None):
+                 on_chunk: Optional[Callable[[], None]] = None, *, images=(), notes=()):
         self.thread = thread
         self.options = options
+        self.notes = list(notes)  # footer remarks about the request (what was cut to fit)
         provider = getattr(options.provider, "__name__", "")
+        takes_images = bool(getattr(options.provider, "supports_images", False))
+        if user_text is None:
+            failed = thread.last_failed
+            images = failed.images if failed is not None else ()
+        if images and not takes_images:
+            # Before the turn begins: nothing is sent, nothing is kept as a failed turn.
+            from .images import not_supported
+
+            name = getattr(options.provider, "images_refusal", "") or f"The provider {provider or '?'}"
+            raise not_supported(name, len(images))
         if user_text is None:
             self.turn = thread.retry(provider=provider, model=options.model)
             if self.turn is None:
                 raise ValueError(f"Thread {thread.name!r} has no failed turn to retry.")
         else:
-            self.turn = thread.begin(user_text, provider=provider, model=options.model)
+            self.turn = thread.begin(user_text, provider=provider, model=options.model, images=images)
         self.messages = thread.request_messages(
             self.turn,
             max_messages=options.max_messages,
             max_chars=options.max_chars,
             system=options.system,
             include_history=options.include_history,
+            images=takes_images,
         )
         self.reply = None  # the provider's Reply, once the stream has started
         self.error: Optional[BaseException] = None
@@ -273,7 +285,7 @@ class ChatTurn:
         outcome = self.conclude()
         if outcome.complete:
             outcome.saved = saved
-            outcome.footer = footer_text(outcome.reply, notes=() if saved else (NOT_SAVED_YET,))
+            outcome.footer = footer_text(outcome.reply, notes=self.notes + ([] if saved else [NOT_SAVED_YET]))
         self.render(renderer, outcome, outcome.footer or None)
         return outcome
 

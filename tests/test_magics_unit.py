@@ -28,26 +28,7 @@ def test_other_cells_are_left_alone(lines):
     assert transform_opchat_cell(list(lines)) == list(lines)
 
 
-class _Shell:
-    def __init__(self, ns):
-        self.user_ns = ns
-
-
-def _magics(ns):
-    m = OpchatMagics.__new__(OpchatMagics)  # no shell registration needed for _interpolate
-    m.shell = _Shell(ns)
-    return m
-
-
-def test_interpolation_inserts_variables_and_keeps_escaped_braces():
-    m = _magics({"topic": "bread", "n": 3})
-    assert m._interpolate("About {topic}, {n} ways, {{literal}} and a dict {{'a': 1}}") == \
-        "About bread, 3 ways, {literal} and a dict {'a': 1}"
-
-
-def test_interpolation_names_a_missing_variable():
-    with pytest.raises(UsageError, match=r"\{nope\}.*\{\{nope\}\}"):
-        _magics({})._interpolate("value of {nope}")
+# {name} interpolation and the other fields: tests/test_references.py (the one resolver).
 
 
 def test_code_format_extracts_every_fenced_block():
@@ -64,14 +45,19 @@ def test_load_and_unload_leave_the_shell_as_it_was():
     shell = InteractiveShell.instance()
     shell.run_line_magic("config", "OpchatMagics.persist = False")
     transformers = list(shell.input_transformers_cleanup)
+    hooks = list(shell.events.callbacks["post_run_cell"])
     load_ipython_extension(shell)
     load_ipython_extension(shell)  # a second load changes nothing
     assert sum(isinstance(t, _Transformer) for t in shell.input_transformers_cleanup) == 1
+    from opchat_magic.context.cell_errors import error_log
+    log = error_log(shell)
+    assert log is not None and shell.events.callbacks["post_run_cell"].count(log.post_run_cell) == 1
     assert "opchat" in shell.magics_manager.magics["cell"]
-    assert {"opchat_reset", "opchat_history", "opchat_threads", "opchat_retry", "opchat_panel", "opchat"} <= \
-        set(shell.magics_manager.magics["line"])
+    assert {"opchat_reset", "opchat_history", "opchat_threads", "opchat_retry", "opchat_panel", "opchat",
+            "opchat_explain"} <= set(shell.magics_manager.magics["line"])
     unload_ipython_extension(shell)
     assert shell.input_transformers_cleanup == transformers
+    assert shell.events.callbacks["post_run_cell"] == hooks and error_log(shell) is None
     assert "opchat" not in shell.magics_manager.magics["cell"]
     assert not any(n.startswith("opchat") for n in shell.magics_manager.magics["line"])
     assert "OpchatMagics" not in shell.magics_manager.registry

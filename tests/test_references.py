@@ -9,16 +9,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from opchat_magic.errors import OpchatError
 from opchat_magic.images import Image
-from opchat_magic.ipython import cell_errors
-from opchat_magic.ipython.cell_errors import CellError, ErrorLog, strip_ansi
-from opchat_magic.ipython.explain import explain_prompt, fence, find_error
-from opchat_magic.ipython.references import CellReferenceError, Notebook, resolve
-from opchat_magic.ipython.values import DEFAULT_CAP, clip, summarize_pandas, value_text
+from opchat_magic.context import cell_errors
+from opchat_magic.context.cell_errors import CellError, ErrorLog, strip_ansi
+from opchat_magic.context.explain import explain_prompt, fence, find_error
+from opchat_magic.context.references import CellReferenceError, Notebook, resolve
+from opchat_magic.context.values import DEFAULT_CAP, clip, summarize_pandas, value_text
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -148,7 +147,7 @@ def test_bad_fields_are_usage_errors_and_nothing_is_sent(shell, template, patter
     with pytest.raises(CellReferenceError, match=pattern) as info:
         fields(shell, "Tell me: " + template)
     assert str(info.value).endswith("Nothing was sent.")
-    assert isinstance(info.value, UsageError) and isinstance(info.value, OpchatError)
+    assert isinstance(info.value, OpchatError) and isinstance(info.value, ValueError)
 
 
 def test_out_lists_cells_with_output_and_err_lists_raisers(shell):
@@ -174,7 +173,7 @@ def test_long_value_is_cut_with_a_visible_marker(shell):
     assert len(prompt.text) < 1_200
     (cut,) = prompt.cuts
     assert (cut.what, cut.total, cut.kept, cut.left_out) == ("log", total, 1_000, left_out)
-    assert prompt.notice == f"Cut to fit the limit: log: {left_out:,} of {total:,} characters left out."
+    assert prompt.notice == f"input cut: {left_out:,} of {total:,} characters of log left out"
     # The default cap is 100,000 characters; under it nothing is cut.
     assert DEFAULT_CAP == 100_000
     assert fields(shell, "{log}").cuts[0].kept == 100_000

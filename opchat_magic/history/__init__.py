@@ -3,6 +3,7 @@ SQLite store (which knows only the model), and the writer thread between them.
 """
 from .model import (
     STATUSES,
+    Blobs,
     Conversation,
     EmptyMessageError,
     HistoryNotSavedWarning,
@@ -15,7 +16,7 @@ from .model import (
 from .store import Store, StoreError, default_path, notebook_key
 
 __all__ = [
-    "Message", "Turn", "Thread", "Conversation", "STATUSES",
+    "Message", "Blobs", "Turn", "Thread", "Conversation", "STATUSES",
     "EmptyMessageError", "UnknownThreadError", "TurnStateError", "HistoryNotSavedWarning",
     "Store", "StoreError", "default_path", "notebook_key",
 ]

@@ -49,6 +49,7 @@ Listener = Callable[[str, str], None]
 
 __all__ = [
     "Message",
+    "Blobs",
     "Turn",
     "Thread",
     "Conversation",
@@ -83,10 +84,16 @@ class HistoryNotSavedWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message as providers take it. Frozen: history handed out can't be edited in place."""
+    """One chat message as providers take it. Frozen: history handed out can't be edited in place.
+
+    ``images``: references to the images a user message carried (``Image.ref()``
+    dicts: sha256, mime, source, size), never the bytes; ``to_dict`` is the text
+    alone, ``Thread.request_messages`` puts the images back in for a provider that takes them.
+    """
 
     role: str
     content: str
+    images: tuple = ()
 
     def to_dict(self) -> Dict[str, str]:
         return {"role": self.role, "content": self.content}
@@ -108,6 +115,7 @@ class Turn:
     started_at: float = field(default_factory=time.time)  # wall clock: shown to users, stored
     finished_at: Optional[float] = None
     retry_of: Optional[str] = None  # id of the failed turn this one sends again
+    images: list = field(default_factory=list)  # references (sha256, mime, source, size), not bytes
 
     @property
     def retryable(self) -> bool:
@@ -138,6 +146,46 @@ def _usage_dict(usage: Any) -> Optional[dict]:
     return dict(getattr(usage, "__dict__", {})) or None
 
 
+class Blobs:
+    """Image bytes by content hash, outside the message rows.
+
+    A turn keeps only references (``Turn.images``); the bytes are held here
+    for this session and written once per hash to the store's blob table
+    with the turn. After a kernel restart, ``get`` reads them back from the
+    store: that is how a restored or retried turn finds its images.
+    """
+
+    def __init__(self, store: Any = None):
+        self._store = store
+        self._data: Dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, sha256: str, data: bytes) -> None:
+        with self._lock:
+            self._data[sha256] = data
+
+    def get(self, sha256: str) -> Optional[bytes]:
+        with self._lock:
+            found = self._data.get(sha256)
+        if found is None and self._store is not None:
+            try:
+                found = self._store.load_blob(sha256)
+            except Exception:  # a closed or broken store: the image is gone, the turn still sends
+                found = None
+            if found is not None:
+                self.put(sha256, found)
+        return found
+
+    def of(self, refs: List[dict]) -> Dict[str, "tuple[str, bytes]"]:
+        """{sha256: (mime, bytes)} of the references whose bytes are known: what the store writes."""
+        out = {}
+        for ref in refs:
+            data = self.get(ref.get("sha256", ""))
+            if data is not None:
+                out[ref["sha256"]] = (ref.get("mime") or "", data)
+        return out
+
+
 class Thread:
     """One line of conversation: committed turns, the turn in flight, the last failed one.
 
@@ -146,8 +194,9 @@ class Thread:
     """
 
     def __init__(self, name: str, system: Optional[str] = None, *, writer: Optional["Writer"] = None,
-                 key: Optional[str] = None, notify: Optional[Listener] = None):
+                 key: Optional[str] = None, notify: Optional[Listener] = None, blobs: Optional[Blobs] = None):
         self.name = name
+        self.blobs = blobs if blobs is not None else Blobs()
         self.system = system
         self._writer = writer
         self._key = key
@@ -165,7 +214,8 @@ class Thread:
     @property
     def messages(self) -> List[Message]:
         """The committed history, user and assistant alternating. A fresh list each time."""
-        return [m for t in self._history for m in (Message("user", t.user), Message("assistant", t.reply))]
+        return [m for t in self._history
+                for m in (Message("user", t.user, tuple(t.images)), Message("assistant", t.reply))]
 
     @property
     def version(self) -> int:
@@ -202,8 +252,13 @@ class Thread:
         return f"<Thread {self.name!r}: {len(self._history)} turns{state}>"
 
     # -- a turn's life -----------------------------------------------------
-    def begin(self, user_text: str, provider: str = "", model: str = "", *, retry_of: Optional[str] = None) -> Turn:
-        """Start a turn. One at a time per thread, so replies enter history in the order asked."""
+    def begin(self, user_text: str, provider: str = "", model: str = "", *, retry_of: Optional[str] = None,
+              images: Any = ()) -> Turn:
+        """Start a turn. One at a time per thread, so replies enter history in the order asked.
+
+        ``images``: :class:`~opchat_magic.images.Image` objects (their bytes go to
+        ``blobs``) or references already stored (a retry).
+        """
         if not isinstance(user_text, str):
             raise TypeError(f"the message must be text, not {type(user_text).__name__}")
         if not user_text.strip():
@@ -214,14 +269,34 @@ class Thread:
                     f"Thread {self.name!r} is still answering the previous message; wait for it, stop it, "
                     f"or send this one on another thread.")
             turn = Turn(thread=self.name, user=user_text, provider=provider or "", model=model or "",
-                        retry_of=retry_of)
+                        retry_of=retry_of, images=self._keep(images))
             self._pending = turn
         self._tell("begin")
         return turn
 
+    def _keep(self, images: Any) -> List[dict]:
+        """References for ``images``; the bytes of new ones go to ``blobs``."""
+        refs = []
+        for image in images or ():
+            if isinstance(image, dict):
+                refs.append(dict(image))
+            else:
+                self.blobs.put(image.sha256, image.data)
+                refs.append(image.ref())
+        return refs
+
+    def _content(self, text: str, refs: Any, images: bool) -> Any:
+        """A user message's content: text, or text and image parts when the provider takes images."""
+        if not images or not refs:
+            return text
+        from ..images import expand_refs
+
+        return expand_refs([{"type": "text", "text": text}] + [dict(r, type="image") for r in refs],
+                           self.blobs.get)
+
     def request_messages(self, turn: Union[Turn, str], max_messages: Optional[int] = None,
                          max_chars: Optional[int] = None, system: Optional[str] = None,
-                         include_history: bool = True) -> List[Dict[str, str]]:
+                         include_history: bool = True, images: bool = False) -> List[Dict[str, Any]]:
         """The messages to send for ``turn``: [system], trimmed history, the new user message.
 
         ``system`` overrides the thread's system prompt (``""`` sends none).
@@ -231,15 +306,18 @@ class Thread:
         at a time, and never starts with an assistant message. The new
         message is always sent, even when it alone exceeds a limit. A string
         instead of a Turn previews the request without starting a turn.
+        ``images``: the provider takes image content parts; user messages that
+        carried images then send them again (their bytes found in ``blobs`` by
+        hash), else only their text.
         """
         if isinstance(turn, Turn):
             if turn.thread != self.name:
                 raise TurnStateError(f"That turn belongs to thread {turn.thread!r}, not {self.name!r}.")
             if turn.status != "pending":
                 raise TurnStateError(f"That turn has already ended ({turn.status}); begin a new one.")
-            user_text = turn.user
+            user_text, refs = turn.user, turn.images
         else:
-            user_text = turn
+            user_text, refs = turn, []
         for label, limit in (("max_messages", max_messages), ("max_chars", max_chars)):
             if limit is not None and limit < 0:
                 raise ValueError(f"{label} must be 0 or more, not {limit}")
@@ -249,8 +327,8 @@ class Thread:
         prompt = self.system if system is None else system
         if prompt:
             out.append({"role": "system", "content": prompt})
-        out.extend(m.to_dict() for m in sent)
-        out.append({"role": "user", "content": user_text})
+        out.extend({"role": m.role, "content": self._content(m.content, m.images, images)} for m in sent)
+        out.append({"role": "user", "content": self._content(user_text, refs, images)})
         return out
 
     def commit(self, turn: Turn, reply_text: str, usage: Any = None) -> bool:
@@ -275,8 +353,9 @@ class Thread:
             # interrupt can land and leave the thread busy forever.
             self._history, self._failed, self._pending = self._history + [dataclasses.replace(turn)], None, None
             self._version += 1
-            self._save("append_turn", Message("user", turn.user), Message("assistant", turn.reply),
-                       _turn_meta(turn), clear_failed=superseded)
+            self._save("append_turn", Message("user", turn.user, tuple(turn.images)),
+                       Message("assistant", turn.reply), _turn_meta(turn), clear_failed=superseded,
+                       **self._blob_kwargs(turn))
         self._tell("commit")
         return True
 
@@ -295,7 +374,7 @@ class Thread:
             kept = dataclasses.replace(turn)
             self._failed, self._failed_at, self._pending = kept, len(self._history), None
             self._version += 1
-            self._save("record_failed", kept)
+            self._save("record_failed", kept, **self._blob_kwargs(kept))
         self._tell("fail")
         return True
 
@@ -306,7 +385,8 @@ class Thread:
             if failed is None:
                 return None
             return self.begin(failed.user, provider=failed.provider if provider is None else provider,
-                              model=failed.model if model is None else model, retry_of=failed.id)
+                              model=failed.model if model is None else model, retry_of=failed.id,
+                              images=failed.images)
 
     def reset(self) -> None:
         """Forget the history and the failed turn, here and in the store.
@@ -332,6 +412,10 @@ class Thread:
         if turn.status == "pending":
             raise TurnStateError(f"That turn was never begun on thread {self.name!r}.")
         return False
+
+    def _blob_kwargs(self, turn: Turn) -> Dict[str, Any]:
+        # Only when there are images: a store written before images existed is called as before.
+        return {"blobs": self.blobs.of(turn.images)} if turn.images else {}
 
     def _save(self, what: str, *args, **kwargs) -> None:
         """Queue one store write; the writer thread does it (in order) and reports failures."""
@@ -362,6 +446,9 @@ class Thread:
             parts.append(f"**System:**\n\n{self.system}")
         for turn in self.turns:
             parts.append(f"**You:**\n\n{turn.user}")
+            if turn.images:
+                parts.append("*(images: " + ", ".join(i.get("source") or i.get("mime", "image")
+                                                     for i in turn.images) + ")*")
             if turn.status == "complete":
                 parts.append(f"**Assistant:**\n\n{turn.reply}")
                 continue
@@ -416,7 +503,8 @@ def _turn_from_store(thread: str, data: dict) -> Turn:
                 status="complete", usage=usage if isinstance(usage, dict) else None,
                 provider=meta.get("provider") or "", model=meta.get("model") or "",
                 started_at=meta.get("started_at") or data.get("created") or 0.0,
-                finished_at=meta.get("finished_at"), retry_of=meta.get("retry_of"))
+                finished_at=meta.get("finished_at"), retry_of=meta.get("retry_of"),
+                images=list(data.get("images") or []))
 
 
 def _warn_not_saved(message: str) -> None:
@@ -442,6 +530,7 @@ class Conversation:
             self.writer: Optional["Writer"] = Writer(store, on_problem=_warn_not_saved)
         else:
             self.writer = None
+        self.blobs = Blobs(store)  # image bytes by hash, shared by the threads (store: after a restart)
         self._threads: Dict[str, Thread] = {self.default_thread: self._new(self.default_thread)}
         if store is not None and restore:
             self._restore()
@@ -493,7 +582,7 @@ class Conversation:
             thread._restore(turns.get(name, []), failed.get(name))
 
     def _new(self, name: str) -> Thread:
-        return Thread(name, writer=self.writer, key=self.key, notify=self._notify)
+        return Thread(name, writer=self.writer, key=self.key, notify=self._notify, blobs=self.blobs)
 
     def thread(self, name: Optional[str] = None, create: bool = True) -> Thread:
         """The thread called ``name`` (default: ``default_thread``), made if new unless ``create=False``."""

@@ -4,7 +4,9 @@ One database file holds the history of every notebook, each under its key
 (``notebook_key``: the notebook's resolved path). Only this module touches
 SQLite.
 
-What is stored: message text, and for each turn a small meta record
+What is stored: message text, the images a user message carried (as
+references in the ``images`` column; the bytes once per SHA-256 in the
+``blobs`` table, so a resent or restored turn finds them by hash), and for each turn a small meta record
 (provider, model, usage, timings) filtered through ``META_KEYS``. Never an API
 key: callers must not put secrets in message content or meta, and the
 allow-list drops any other meta key (a URL, headers) rather than trust them.
@@ -31,7 +33,7 @@ from ..errors import OpchatError
 
 __all__ = ["Store", "StoreError", "default_path", "notebook_key", "META_KEYS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: image references (messages.images, failed_turns.images) and the blobs table
 
 # The only meta fields written to disk. An allow-list, so that a caller passing
 # its whole request context cannot leak a key or an authenticated URL.
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS messages (
     turn_id TEXT    NOT NULL,   -- the user and assistant rows of one turn share it
     meta    TEXT,               -- JSON, on the assistant row (META_KEYS only)
     created REAL    NOT NULL,
+    images  TEXT,               -- JSON list of image references (sha256, mime, source, size), on user rows
     UNIQUE (key, thread, seq)
 );
 CREATE TABLE IF NOT EXISTS failed_turns (
@@ -65,8 +68,25 @@ CREATE TABLE IF NOT EXISTS failed_turns (
     meta     TEXT,
     position INTEGER NOT NULL,  -- number of committed turns before it, to show it in place
     created  REAL    NOT NULL,
+    images   TEXT,              -- as messages.images
     PRIMARY KEY (key, thread)   -- only the last failed turn of a thread is kept: it is the retryable one
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256  TEXT PRIMARY KEY,   -- what the references name
+    mime    TEXT NOT NULL,
+    data    BLOB NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+# Blobs no reference names any more (after a reset, or a failed turn replaced).
+_DROP_ORPHAN_BLOBS = """
+DELETE FROM blobs WHERE sha256 NOT IN (
+    SELECT json_extract(j.value, '$.sha256') FROM messages AS m, json_each(m.images) AS j
+    WHERE m.images IS NOT NULL
+    UNION
+    SELECT json_extract(j.value, '$.sha256') FROM failed_turns AS f, json_each(f.images) AS j
+    WHERE f.images IS NOT NULL)
 """
 
 # A stable per-process session id: two scratch kernels (no notebook path) get
@@ -164,6 +184,32 @@ def _meta_json(meta: Optional[dict]) -> Optional[str]:
     return json.dumps(kept, default=str, ensure_ascii=False) if kept else None
 
 
+def _images_json(refs: Any) -> Optional[str]:
+    if not refs:
+        return None
+    kept = [{k: r.get(k) for k in ("sha256", "mime", "source", "size")} for r in refs if isinstance(r, dict)]
+    return json.dumps(kept, ensure_ascii=False) if kept else None
+
+
+def _images_load(text: Optional[str]) -> list:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return [r for r in value if isinstance(r, dict) and isinstance(r.get("sha256"), str)] \
+        if isinstance(value, list) else []
+
+
+def _put_blobs(conn: sqlite3.Connection, blobs: Optional[dict]) -> None:
+    """Write ``{sha256: (mime, bytes)}`` once per hash."""
+    now = time.time()
+    for sha256, (mime, data) in (blobs or {}).items():
+        conn.execute("INSERT OR IGNORE INTO blobs (sha256, mime, data, created) VALUES (?, ?, ?, ?)",
+                     (sha256, mime or "", sqlite3.Binary(data), now))
+
+
 def _meta_load(text: Optional[str]) -> dict:
     if not text:
         return {}
@@ -222,6 +268,13 @@ class Store:
             row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
             if row[0] is None:
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] < 2:
+                # Version 1 files: the image columns (the blobs table was made above).
+                for table in ("messages", "failed_turns"):
+                    columns = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+                    if "images" not in columns:
+                        c.execute(f"ALTER TABLE {table} ADD COLUMN images TEXT")
+                c.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise StoreError(f"The history database {self.path} was written by a newer opchat-magic "
                                  f"(schema {row[0]}; this one knows {SCHEMA_VERSION}). Upgrade, or set "
@@ -266,11 +319,12 @@ class Store:
 
     # -- writing -----------------------------------------------------------
     def append_turn(self, key: str, thread: str, user: Message, assistant: Message,
-                    meta: Optional[dict] = None, clear_failed: bool = False) -> None:
+                    meta: Optional[dict] = None, clear_failed: bool = False, blobs: Optional[dict] = None) -> None:
         """Add one completed turn (its user and assistant messages) in one transaction.
 
         ``clear_failed`` also drops the thread's failed turn, in the same
         transaction: the turn being stored is its successful retry.
+        ``blobs``: ``{sha256: (mime, bytes)}`` of the images ``user.images`` names.
         """
         meta = dict(meta or {})
         turn_id = str(meta.get("turn_id") or os.urandom(16).hex())
@@ -278,15 +332,18 @@ class Store:
         with self._transaction() as conn:
             (last,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages WHERE key=? AND thread=?",
                                    (key, thread)).fetchone()
+            _put_blobs(conn, blobs)
             for offset, (message, extra) in enumerate(((user, None), (assistant, _meta_json(meta)))):
                 conn.execute(
-                    "INSERT INTO messages (key, thread, seq, role, content, turn_id, meta, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, thread, last + 1 + offset, message.role, message.content, turn_id, extra, now))
+                    "INSERT INTO messages (key, thread, seq, role, content, turn_id, meta, created, images)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, thread, last + 1 + offset, message.role, message.content, turn_id, extra, now,
+                     _images_json(getattr(message, "images", ()))))
             if clear_failed:
                 conn.execute("DELETE FROM failed_turns WHERE key=? AND thread=?", (key, thread))
+                conn.execute(_DROP_ORPHAN_BLOBS)
 
-    def record_failed(self, key: str, thread: str, turn: Any) -> None:
+    def record_failed(self, key: str, thread: str, turn: Any, blobs: Optional[dict] = None) -> None:
         """Keep ``turn`` (a failed or stopped Turn) as the thread's retryable turn.
 
         It is not history: ``load`` never returns it. It replaces any earlier failed turn.
@@ -297,16 +354,20 @@ class Store:
         with self._transaction() as conn:
             (count,) = conn.execute("SELECT COUNT(*) FROM messages WHERE key=? AND thread=?",
                                     (key, thread)).fetchone()
+            _put_blobs(conn, blobs)
             conn.execute(
                 "INSERT OR REPLACE INTO failed_turns"
-                " (key, thread, turn_id, user, reply, status, error, meta, position, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " (key, thread, turn_id, user, reply, status, error, meta, position, created, images)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, thread, str(data.get("id") or ""), data.get("user") or "", data.get("reply") or "",
-                 data.get("status") or "failed", data.get("error"), _meta_json(meta), count // 2, time.time()))
+                 data.get("status") or "failed", data.get("error"), _meta_json(meta), count // 2, time.time(),
+                 _images_json(data.get("images"))))
+            conn.execute(_DROP_ORPHAN_BLOBS)
 
     def clear_failed(self, key: str, thread: str) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM failed_turns WHERE key=? AND thread=?", (key, thread))
+            conn.execute(_DROP_ORPHAN_BLOBS)
 
     def reset(self, key: str, thread: Optional[str] = None) -> None:
         """Forget one thread of ``key`` (or all of them when ``thread`` is None)."""
@@ -314,6 +375,7 @@ class Store:
         with self._transaction() as conn:
             conn.execute(f"DELETE FROM messages WHERE {where}", args)
             conn.execute(f"DELETE FROM failed_turns WHERE {where}", args)
+            conn.execute(_DROP_ORPHAN_BLOBS)
 
     # -- reading -----------------------------------------------------------
     def load_turns(self, key: str) -> Dict[str, List[dict]]:
@@ -323,19 +385,20 @@ class Store:
         assistant row of the same turn) are skipped; transactions should make
         them impossible, so this is only a guard against a hand-edited file.
         """
-        rows = self._read("SELECT thread, role, content, turn_id, meta, created, id FROM messages"
+        rows = self._read("SELECT thread, role, content, turn_id, meta, created, id, images FROM messages"
                           " WHERE key=? ORDER BY thread, seq", (key,))
         first: Dict[str, int] = {}  # each thread's oldest row id: threads come back in the order begun
         for row in rows:
             first[row[0]] = min(first.get(row[0], row[6]), row[6])
         turns: Dict[str, List[dict]] = {name: [] for name in sorted(first, key=first.__getitem__)}
         waiting: Optional[tuple] = None
-        for thread, role, content, turn_id, meta, created, _ in rows:
+        for thread, role, content, turn_id, meta, created, _, images in rows:
             if role == "user":
-                waiting = (thread, content, turn_id, created)
+                waiting = (thread, content, turn_id, created, images)
             elif role == "assistant" and waiting and waiting[0] == thread and waiting[2] == turn_id:
                 turns[thread].append({"id": turn_id, "user": waiting[1], "reply": content,
-                                      "meta": _meta_load(meta), "created": waiting[3]})
+                                      "meta": _meta_load(meta), "created": waiting[3],
+                                      "images": _images_load(waiting[4])})
                 waiting = None
             else:
                 waiting = None
@@ -343,22 +406,28 @@ class Store:
 
     def load(self, key: str) -> Dict[str, List[Message]]:
         """Each thread's history as messages, alternating user / assistant."""
-        return {name: [m for t in turns for m in (Message("user", t["user"]), Message("assistant", t["reply"]))]
+        return {name: [m for t in turns for m in (Message("user", t["user"], tuple(t["images"])),
+                                                  Message("assistant", t["reply"]))]
                 for name, turns in self.load_turns(key).items()}
 
     def load_failed(self, key: str) -> Dict[str, dict]:
         """Each thread's kept failed or stopped turn, as a Turn-shaped dict plus ``position``."""
         found = {}
-        for thread, turn_id, user, reply, status, error, meta, position, created in self._read(
-                "SELECT thread, turn_id, user, reply, status, error, meta, position, created"
+        for thread, turn_id, user, reply, status, error, meta, position, created, images in self._read(
+                "SELECT thread, turn_id, user, reply, status, error, meta, position, created, images"
                 " FROM failed_turns WHERE key=?", (key,)):
             data = _meta_load(meta)
             data.pop("turn_id", None)
             data.update(id=turn_id, thread=thread, user=user, reply=reply, status=status, error=error,
-                        position=position)
+                        position=position, images=_images_load(images))
             data.setdefault("finished_at", created)
             found[thread] = data
         return found
+
+    def load_blob(self, sha256: str) -> Optional[bytes]:
+        """The bytes of the image with this SHA-256, or None if none is stored."""
+        rows = self._read("SELECT data FROM blobs WHERE sha256=?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
 
     def threads(self, key: str) -> List[str]:
         """Names of the threads stored under ``key``, oldest first."""

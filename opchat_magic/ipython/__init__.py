@@ -1,6 +1,6 @@
-"""The IPython side of opchat-magic: the magics (``magics.py``), the cell rewrite
-(``transformer.py``), and what the front doors need from the kernel they live in
-(references, cell errors, values, explain, one-line chat).
+"""The IPython front door: the magics (``magics.py``), the cell rewrite
+(``transformer.py``) and the one-line form (``oneline.py``).
 
-Nothing is imported here, so ``import opchat_magic.ipython.references`` stays cheap.
+What they cite from the notebook ({In}/{Out}/{Err}, errors, values) is in
+``opchat_magic.context``, shared with the panel. Nothing is imported here.
 """

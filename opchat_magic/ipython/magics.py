@@ -28,10 +28,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import Markdown, display
 
-from ..errors import OpchatError, ThreadBusyError, redact
+from .commands import run_command, show_models
+from .quiet import quiet as _quiet
+from .oneline import LineFlagError, is_command, parse_line
+
+from ..errors import OpchatError
 
 MAGIC_NAME = "opchat"
-_VARIABLE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t]*)+\Z")
 _FENCE = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
 
@@ -102,30 +105,40 @@ class OpchatMagics(Magics):
     @argument("-o", "--output", metavar="VAR", help="Store the reply text in this variable.")
     @argument("--no-history", action="store_true",
               help="Send only this message (no earlier turns) and keep it out of the thread.")
+    @argument("--image", action="append", default=[], metavar="PATH",
+              help="Send this image (PNG, JPEG, GIF or WebP) with the message, to a vision model; repeatable.")
     @cell_magic(MAGIC_NAME)
     def opchat(self, line, cell):
         """Send the cell as the next user message and stream the reply.
 
-        ``{name}`` in the cell is replaced by the notebook variable ``name``;
-        write ``{{`` and ``}}`` for literal braces. The reply is stored in ``_``
-        (and in VAR with -o). A failed or interrupted turn stays out of the
-        history; ``%opchat_retry`` sends it again.
+        Fields in the cell are filled in from the notebook before sending:
+        ``{name}`` a variable, ``{In[N]}`` cell N's source, ``{Out[N]}`` its
+        output (a figure or image is sent as an image), ``{Err[N]}`` the error
+        it raised, ``{Err}`` the last error; a negative N counts back from this
+        cell; ``{{`` and ``}}`` are literal braces. A value longer than
+        ``max_value_chars`` is cut, and the footer says so. The reply is stored
+        in ``_`` (and in VAR with -o). A failed or interrupted turn stays out
+        of the history; ``%opchat_retry`` sends it again.
         """
-        return self._run_sync(*self._prepare(line, cell))
+        return self._run_sync(self._prepare(line, cell))
 
     async def opchat_async(self, line: str, cell: str):
         """The awaitable form the input transformer rewrites ``%%opchat`` cells into."""
-        return await self._run_async(*self._prepare(line, cell))
+        return await self._run_async(self._prepare(line, cell))
 
     def _prepare(self, line: str, cell: str):
         args = self._parse(self.opchat, line)
-        # Sent as written, minus the trailing newline and blank lines a cell always ends with:
-        # a real model answers 'Name one fruit.\n' differently from 'Name one fruit.'.
-        text = self._interpolate(_TRAILING_BLANK.sub("", cell or ""))
-        if not text.strip():
-            raise UsageError("The %%opchat cell is empty: write your message below the %%opchat line.")
         if args.output and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.output!r}.")
+        # Sent as written, minus the trailing newline and blank lines a cell always ends with:
+        # a real model answers 'Name one fruit.\n' differently from 'Name one fruit.'.
+        cell = _TRAILING_BLANK.sub("", cell or "")
+        if not cell.strip():
+            raise UsageError("The %%opchat cell is empty: write your message below the %%opchat line.")
+        return self._request(args, cell, args.image)
+
+    def _request(self, args, text: str, image_paths=(), prompt=None):
+        """A turn ready to begin (its {fields} are resolved when it begins). Nothing is sent yet."""
         options = self._options(args, include_history=not args.no_history, retryable=not args.no_history)
         if args.no_history:
             from ..history import Thread
@@ -133,7 +146,7 @@ class OpchatMagics(Magics):
             thread = Thread(f"{args.thread or self.settings.thread} (no history)")
         else:
             thread = self._thread(args.thread)
-        return args, thread, text, options
+        return _Request(args, thread, text, options, image_paths, prompt)
 
     @staticmethod
     def _parse(magic, line: str):
@@ -142,27 +155,13 @@ class OpchatMagics(Magics):
         except UsageError as exc:
             raise UsageError(f"{exc}\nSee `%%opchat?` for the flags.") from None
 
-    def _interpolate(self, text: str) -> str:
-        namespace = self.shell.user_ns if self.shell is not None else {}
-
-        def value(match):
-            token = match.group(0)
-            if token in ("{{", "}}"):
-                return token[0]
-            name = match.group(1)
-            if name not in namespace:
-                raise UsageError(f"{{{name}}} names no variable in the notebook. Define it, or write "
-                                 f"{{{{{name}}}}} to send the braces literally.")
-            return str(namespace[name])
-
-        return _VARIABLE.sub(value, text)
-
     # -- running a turn (the one driver in turn.py does the work) ---------------
-    def _begin(self, thread, text, options):
+    def _begin(self, request):
         try:
-            return self.session.begin(thread, text, options)
-        except (ThreadBusyError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+            return self.session.begin(request.thread, request.text, request.options,
+                                      image_paths=request.image_paths, prompt=request.prompt)
+        except (OpchatError, ValueError) as exc:  # busy, empty, a bad {field}, an image refused
+            raise UsageError(_usage_text(exc)) from None
 
     def _renderer(self, args):
         from ..render import Renderer, choose_face
@@ -172,17 +171,17 @@ class OpchatMagics(Magics):
             kind = "terminal"
         return Renderer(choose_face(kind)(), interval=self.settings.update_interval)
 
-    async def _run_async(self, args, thread, text, options):
-        turn = self._begin(thread, text, options)
-        renderer = self._renderer(args)
+    async def _run_async(self, request):
+        turn = self._begin(request)
+        renderer = self._renderer(request.args)
         outcome = await turn.drive(renderer)
-        return self._conclude(args, outcome)
+        return self._conclude(request.args, outcome)
 
-    def _run_sync(self, args, thread, text, options):
-        turn = self._begin(thread, text, options)
-        renderer = self._renderer(args)
+    def _run_sync(self, request):
+        turn = self._begin(request)
+        renderer = self._renderer(request.args)
         outcome = turn.drive_blocking(renderer)
-        return self._conclude(args, outcome)
+        return self._conclude(request.args, outcome)
 
     def _conclude(self, args, outcome):
         """What a cell does with the outcome the driver decided (and already rendered)."""
@@ -265,7 +264,7 @@ class OpchatMagics(Magics):
         if thread.last_failed is None:
             raise UsageError(f"Thread {thread.name!r} has no failed turn to retry.")
         cell_args = self._parse(self.opchat, "")
-        return self._run_sync(cell_args, thread, None, self._options(cell_args))
+        return self._run_sync(_Request(cell_args, thread, None, self._options(cell_args)))
 
     @magic_arguments()
     @argument("-t", "--thread", help="Thread the panel opens on. Default: OpchatMagics.thread.")
@@ -279,43 +278,77 @@ class OpchatMagics(Magics):
 
     @line_magic(MAGIC_NAME)
     def opchat_line(self, line):
-        """`%opchat providers`: list providers. `%opchat config`: show settings.
-        `%opchat models [NAME]`: the models the configured provider's server (or NAME's) offers."""
+        """`%opchat What is a monad?`: one-line chat. Flags first: -t THREAD, -m MODEL, -p PROVIDER,
+        -s SYSTEM, --image PATH (repeatable), `--` ends them. The same {fields} as a %%opchat cell.
+        The single words `providers`, `config`, `models [NAME]` and `help` are commands instead."""
+        if is_command(line):
+            return self._command(line)
+        return self._run_sync(self._prepare_line(line))
+
+    async def opchat_line_async(self, line: str):
+        """The awaitable form the input transformer rewrites ``%opchat <message>`` lines into."""
+        if is_command(line):
+            return self._command(line)
+        return await self._run_async(self._prepare_line(line))
+
+    def _command(self, line: str) -> None:
         word, _, rest = line.strip().partition(" ")
-        if word == "models":
-            self._models(rest.strip() or None)
-            return
-        word = line.strip()
-        if word == "providers":
-            from ..providers.registry import providers_table
+        if word == "models":  # `%opchat models [NAME]`: what the provider's server (or NAME's) offers
+            return show_models(self.settings, rest.strip() or None)
+        return run_command(word, self.settings)
 
-            display(Markdown(providers_table()))
-        elif word == "config":
-            display(Markdown(self.settings.describe()))
-        else:
-            raise UsageError("%opchat takes `providers`, `models` or `config`; a chat goes in a %%opchat cell.")
-
-    def _models(self, provider: Optional[str]) -> None:
-        from ..loop import get_loop
-        from ..model_list import LISTING_TIMEOUT, model_listing
-        from ..settings import SettingsError, provider_endpoint
-
+    def _prepare_line(self, line: str):
         try:
-            listing = get_loop().run(model_listing(self.settings, provider), timeout=LISTING_TIMEOUT + 5)
-        except SettingsError as exc:
+            flags = parse_line(line)
+        except LineFlagError as exc:
             raise UsageError(str(exc)) from None
-        except (OpchatError, TimeoutError, OSError) as exc:
-            name = provider or self.settings.provider
-            where = provider_endpoint(self.settings, provider) or "its default endpoint"
-            text = f"Could not list the models of {name} ({where}): {exc}"
-            raise _quiet(exc, redact(text, self._secrets())) from None
-        display({"text/markdown": listing.markdown(), "text/plain": listing.plain()}, raw=True)
+        if not flags.text:
+            raise UsageError("%opchat needs a message after its flags, e.g. `%opchat What is a monad?`; "
+                             "see `%opchat help`.")
+        args = self._parse(self.opchat, "")
+        args.thread, args.model, args.provider, args.system = flags.thread, flags.model, flags.provider, flags.system
+        return self._request(args, flags.text, flags.images)
 
-    def _secrets(self) -> tuple:
-        from ..settings import KEY_VARIABLES
-        import os
+    @magic_arguments()
+    @argument("cell", nargs="?", type=int,
+              help="Cell whose error to explain; negative counts back from this cell. Default: the last error.")
+    @argument("-t", "--thread", help="Thread to ask on. Default: OpchatMagics.thread.")
+    @argument("-m", "--model", help="Model for this turn.")
+    @argument("-p", "--provider", help="Provider for this turn.")
+    @argument("-s", "--system", help="System prompt for this turn.")
+    @line_magic("opchat_explain")
+    def opchat_explain(self, line):
+        """Ask the model about the last error (or cell N's): its cell's source, type, message and traceback.
 
-        return tuple(v for v in (os.environ.get(k) for k in KEY_VARIABLES) if v)
+        The reply streams and joins the thread like any turn.
+        """
+        return self._run_sync(self._prepare_explain(line))
+
+    async def opchat_explain_async(self, line: str):
+        return await self._run_async(self._prepare_explain(line))
+
+    def _prepare_explain(self, line: str):
+        parsed = self._parse(self.opchat_explain, line)
+        args = self._parse(self.opchat, "")
+        args.thread, args.model, args.provider, args.system = (parsed.thread, parsed.model, parsed.provider,
+                                                               parsed.system)
+        try:
+            prompt = self.session.explain_prompt(parsed.cell)
+        except OpchatError as exc:  # nothing to explain
+            raise UsageError(str(exc)) from None
+        return self._request(args, prompt.text, prompt=prompt)
+
+
+class _Request:
+    """One turn a magic is about to begin: flags, thread, text (None: retry), options, images, or a ready prompt."""
+
+    __slots__ = ("args", "thread", "text", "options", "image_paths", "prompt")
+
+    def __init__(self, args, thread, text, options, image_paths=(), prompt=None):
+        self.args, self.thread, self.text, self.options = args, thread, text, options
+        self.image_paths, self.prompt = list(image_paths), prompt
+
+
 
 
 def extract_code(markdown: str) -> str:
@@ -323,26 +356,14 @@ def extract_code(markdown: str) -> str:
     return "\n\n".join(m.group(2).rstrip("\n") for m in _FENCE.finditer(markdown))
 
 
+def _usage_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if "Nothing was sent" in text else f"{text} Nothing was sent."
+
+
 def _plain(exc: BaseException) -> str:
     """A KeyError's message without the quotes str(KeyError) adds."""
     return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-
-
-def _quiet(error: BaseException, text: str) -> BaseException:
-    """Make IPython show ``text`` instead of a traceback for ``error``.
-
-    The error keeps its type (so tools see `HTTPStatusError`, say), but a user
-    reads one clear sentence, never a stack of aiohttp frames.
-    """
-    if not isinstance(error, Exception):
-        error = OpchatError(text)
-    try:
-        error._render_traceback_ = lambda: text.splitlines()
-    except AttributeError:  # exceptions with __slots__
-        wrapped = OpchatError(text)
-        wrapped._render_traceback_ = lambda: text.splitlines()
-        return wrapped
-    return error
 
 
 # -- wiring into IPython -------------------------------------------------------

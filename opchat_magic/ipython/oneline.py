@@ -11,7 +11,8 @@ Two things make this more than a line magic:
   is not split like shell arguments: only the leading flags are
   (:func:`parse_line`), and the rest is sent as typed.
 
-The single words ``providers``, ``config``, ``models`` and ``help`` stay commands.
+The single words ``providers``, ``config``, ``models`` and ``help`` stay commands
+(and ``models NAME``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ _FLAG = re.compile(r"\s*(--(?=\s|$)|--?[A-Za-z][\w-]*)(?:=|\s+|$)")
 _VALUE = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+")
 # A one-line chat at the start of a line: "%opchat " and at least one character.
 _LINE = re.compile(r"^%opchat[ \t]+(\S.*?)[ \t]*(\r?\n)?$")
+# `%opchat_explain [N] [flags]` (not `%opchat_explain?`, which asks for help).
+_EXPLAIN = re.compile(r"^%opchat_explain(?:[ \t]+(.*?))?[ \t]*(\r?\n)?$")
 
 
 class LineFlagError(ValueError):
@@ -50,8 +53,12 @@ class LineRequest:
     images: list = field(default_factory=list)
 
 
+_MODELS_OF = re.compile(r"^models[ \t]+[\w.-]+$")  # `%opchat models NAME`: a provider's models
+
+
 def is_command(line: str) -> bool:
-    return line.strip() in COMMANDS
+    line = line.strip()
+    return line in COMMANDS or bool(_MODELS_OF.match(line))
 
 
 def parse_line(line: str) -> LineRequest:
@@ -91,12 +98,18 @@ def transform_opchat_lines(lines: list, awaitable: bool = False) -> list:
 
     ``awaitable`` (ipykernel with autoawait): the line becomes a top-level
     ``await``, so a kernel interrupt stops the stream at once, as a
-    ``%%opchat`` cell does. Lines inside an indented block are left to IPython.
+    ``%%opchat`` cell does; ``%opchat_explain`` lines too. Lines inside an
+    indented block are left to IPython.
     """
     if not lines or lines[0].lstrip().startswith("%%"):
         return lines
     out = []
     for line in lines:
+        explain = _EXPLAIN.match(line) if awaitable else None
+        if explain is not None and not (explain.group(1) or "").endswith("?"):
+            out.append(f"await __import__('opchat_magic.ipython.oneline').ipython.oneline._await_explain("
+                       f"{explain.group(1) or ''!r})" + (explain.group(2) or ""))
+            continue
         match = _LINE.match(line)
         if match is None or is_command(match.group(1)):
             out.append(line)
@@ -109,6 +122,13 @@ def transform_opchat_lines(lines: list, awaitable: bool = False) -> list:
         else:
             out.append(f"get_ipython().run_line_magic('opchat', {text!r})" + newline)
     return out
+
+
+async def _await_explain(line: str):
+    from IPython import get_ipython
+
+    magics = get_ipython().magics_manager.registry["OpchatMagics"]
+    return await magics.opchat_explain_async(line)
 
 
 async def _await_line(line: str):

@@ -43,13 +43,19 @@ def _can_await(shell) -> bool:
 
 
 class _Transformer:
-    """Applies the rewrite only while the shell can run top-level await."""
+    """Applies the cell rewrite while the shell can run top-level await; the one-line
+    rewrite (``oneline.py``: a question ending in ``?`` must not become a help request) always."""
 
     def __init__(self, shell):
         self.shell = shell
 
     def __call__(self, lines):
-        return transform_opchat_cell(lines) if _can_await(self.shell) else lines
+        from .oneline import transform_opchat_lines
+
+        awaitable = _can_await(self.shell)
+        if awaitable:
+            lines = transform_opchat_cell(lines)
+        return transform_opchat_lines(lines, awaitable=awaitable)
 
 
 def install(shell) -> None:

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Optional
 
-from ..errors import ThreadBusyError
+from ..errors import OpchatError, ThreadBusyError
 from .view import SEND_MARK, PanelView
 
 __all__ = ["ChatPanel", "show_panel", "last_panel", "SEND_MARK"]
@@ -115,17 +115,20 @@ class ChatPanel:
         self._lock = threading.RLock()
         self._closed = False
         self._refresh_queued = False
-        self._kernel_loop = self._running_loop()
+        self._kernel_loop = _running_loop()
         providers, current = _providers(settings.provider)
         self.view = PanelView(threads=self.conversation.threads(), thread=self.thread.name,
                               providers=providers, provider=current, model=settings.model,
                               max_height=max_height)
         for name in ("widget", "transcript", "input", "send_button", "stop_button", "retry_button",
-                     "thread_select", "new_thread", "new_thread_button", "provider_select", "model", "status"):
+                     "explain_button", "thread_select", "new_thread", "new_thread_button", "provider_select",
+                     "model", "status"):
             setattr(self, name, getattr(self.view, name))
         self.view.connect(send=self.send, stop=self.stop, retry=self.retry, new_thread=self._new_thread,
-                          thread_selected=self._thread_selected, input_marked=self._input_marked)
+                          thread_selected=self._thread_selected, input_marked=self._input_marked,
+                          explain=self.explain)
         self.refresh()
+        self.view.show_explain(self.session.has_error)
         ref = weakref.ref(self)
         self._unsubscribe = [
             self.conversation.subscribe(lambda name, what: _call(ref, "_history_changed", name, what)),
@@ -171,14 +174,22 @@ class ChatPanel:
             text = self.input.value
         return self._send(text.replace(SEND_MARK, ""), from_input)
 
-    def _send(self, text: str, from_input: bool):
+    def _send(self, text: str, from_input: bool, prompt=None):
         if self.busy:
             self.view.set_status("A reply is still streaming: wait for it or Stop it first.", "busy")
             return None
         if not text.strip():
             self.view.set_status("Nothing to send: write a message first.", "error")
             return None
-        return self._start(text, from_input)
+        return self._start(text, from_input, prompt)
+
+    def explain(self):
+        """Ask about the last error a cell raised (what "Explain last error" does); the ChatTurn or None."""
+        try:
+            prompt = self.session.explain_prompt()
+        except OpchatError as exc:  # no error recorded yet
+            return self.view.set_status(_message(exc), "error")
+        return self._send(prompt.text, False, prompt=prompt)
 
     def retry(self):
         """Send the thread's failed or stopped turn again; returns the ChatTurn or None."""
@@ -241,7 +252,7 @@ class ChatPanel:
             self.input.value = text  # keep what the user wrote; the status line says why
 
     # -- a turn ------------------------------------------------------------------------------
-    def _start(self, text: Optional[str], from_input: bool):
+    def _start(self, text: Optional[str], from_input: bool, prompt=None):
         from ..loop import get_loop
         from ..render import Renderer, WidgetFace
         from ..settings import SettingsError
@@ -253,11 +264,12 @@ class ChatPanel:
             self.view.set_status(_message(exc), "error")
             return None
         try:
-            chat = self.session.begin(self.thread, text, options)
+            # The same {name}/{In[N]}/{Out[N]}/{Err[N]} fields as a %%opchat cell, resolved here.
+            chat = self.session.begin(self.thread, text, options, prompt=prompt)
         except ThreadBusyError as exc:
             self.view.set_status(f"Thread busy: {exc}", "busy")
             return None
-        except ValueError as exc:  # an empty message, nothing to retry
+        except (ValueError, OpchatError) as exc:  # empty, nothing to retry, a bad {field}, images refused
             self.view.set_status(_message(exc), "error")
             return None
         try:
@@ -307,6 +319,7 @@ class ChatPanel:
                 self.chat = None
                 self.view.end_live(box, chat.turn)
                 self.view.set_streaming(False)
+                self.view.show_explain(self.session.has_error)
             self._sync()
 
     # -- events from elsewhere ------------------------------------------------------------------
@@ -329,6 +342,7 @@ class ChatPanel:
     def _cell_ended(self) -> None:
         if not self._closed and not self.busy:
             self.refresh()
+            self.view.show_explain(self.session.has_error)
             if self.thread.pending is not None:
                 self._say_elsewhere()
 
@@ -369,13 +383,14 @@ class ChatPanel:
         except Exception as exc:
             self.view.set_status(f"The panel failed to refresh: {_message(exc)}", "error")
 
-    @staticmethod
-    def _running_loop():
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return loop if threading.current_thread() is threading.main_thread() else None
+
+def _running_loop():
+    """The kernel's event loop when called on its main thread (where panels are made), else None."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop if threading.current_thread() is threading.main_thread() else None
 
 
 def _call(ref, method: str, *args) -> None:

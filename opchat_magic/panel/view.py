@@ -135,6 +135,11 @@ class PanelView:
         self.retry_button = w.Button(description="Retry", icon="redo", button_style="warning",
                                      tooltip="Send the failed message again", layout=w.Layout(display="none"))
         self.retry_button.add_class("opchat-panel-retry")
+        self.explain_button = w.Button(description="Explain last error", icon="question-circle",
+                                       tooltip="Ask about the last error a cell raised (its source, type, "
+                                               "message and traceback)", disabled=True,
+                                       layout=w.Layout(width="auto"))
+        self.explain_button.add_class("opchat-panel-explain")
         self.status = w.HTML(layout=w.Layout(width="100%"))
         self.status.add_class("opchat-status")
         self.widget = w.VBox([
@@ -143,7 +148,7 @@ class PanelView:
                     self.provider_select, self.model], layout=w.Layout(flex_flow="row wrap")),
             self.transcript,
             self.input,
-            w.HBox([self.send_button, self.stop_button, self.retry_button]),
+            w.HBox([self.send_button, self.stop_button, self.retry_button, self.explain_button]),
             self.status,
         ], layout=w.Layout(width="100%"))
         self.widget.add_class("opchat-panel")
@@ -153,9 +158,10 @@ class PanelView:
     # -- wiring ---------------------------------------------------------------------
     def connect(self, *, send: Callable[[], None], stop: Callable[[], None], retry: Callable[[], None],
                 new_thread: Callable[[str], None], thread_selected: Callable[[str], None],
-                input_marked: Callable[[str], None]) -> None:
+                input_marked: Callable[[str], None], explain: Callable[[], None]) -> None:
         """Route the widgets' events to the controller's actions."""
         self.send_button.on_click(lambda _b: send())
+        self.explain_button.on_click(lambda _b: explain())
         self.stop_button.on_click(lambda _b: stop())
         self.retry_button.on_click(lambda _b: retry())
         self.new_thread_button.on_click(lambda _b: new_thread(self.new_thread.value.strip()))
@@ -189,7 +195,13 @@ class PanelView:
         self.send_button.disabled = streaming
         self.stop_button.disabled = not streaming
         if streaming:
+            self.explain_button.disabled = True
+        if streaming:
             self.retry_button.layout.display = "none"
+
+    def show_explain(self, enabled: bool) -> None:
+        """Enable "Explain last error" while there is an error to explain."""
+        self.explain_button.disabled = not enabled
 
     def show_outcome(self, outcome, footer: str, retry: bool) -> None:
         """The status line and Retry button once a turn from this panel has ended."""

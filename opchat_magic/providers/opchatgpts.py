@@ -109,17 +109,11 @@ def validate_messages(messages: Any) -> None:
 
 def _refuse_images(messages: Any) -> None:
     """AI Engine's chat endpoint takes text only: say so before anything is sent."""
-    from ..images import count_images
+    from ..images import count_images, not_supported
 
     count = count_images(messages) if isinstance(messages, (list, tuple)) else 0
     if count:
-        from ..errors import ImagesNotSupportedError
-
-        raise ImagesNotSupportedError(
-            f"AI Engine's chat endpoint (provider opchatgpts) takes text only, and this conversation carries "
-            f"{count} image{'s' if count > 1 else ''}: nothing was sent. Send images to an OpenAI-compatible "
-            "vision model (-p openai, with OPENAI_BASE_URL pointing at it), or leave the images out."
-        )
+        raise not_supported(Opchatgpts.images_refusal, count)
 
 
 def _snippet(line: str) -> str:
@@ -198,6 +192,7 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     url = "https://opchatgpts.net"
     working = False
+    images_refusal = "AI Engine's chat endpoint (provider opchatgpts)"  # it takes text only
     supports_message_history = True
     supports_gpt_35_turbo = True
     supports_stream = True

@@ -24,8 +24,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from IPython.core.error import UsageError
-
 from ..errors import OpchatError
 from ..images import MAX_IMAGE_BYTES, Image
 from .cell_errors import ErrorLog, error_log
@@ -39,10 +37,11 @@ FIELD_HELP = "{name}, {In[N]}, {Out[N]}, {Err[N]} or {Err}"
 _NOTHING_SENT = " Nothing was sent."
 
 
-class CellReferenceError(UsageError, OpchatError):
+class CellReferenceError(OpchatError, ValueError):
     """A ``{...}`` field that names no variable, no cell, or is not a field at all.
 
-    A ``UsageError`` so IPython shows it as one line, not a traceback.
+    The magics raise it as IPython's ``UsageError`` (one line, no traceback:
+    IPython shows only that exact class so); the panel shows it in its status line.
     """
 
     def __init__(self, message: str, field_text: str = ""):
@@ -83,10 +82,10 @@ class Prompt:
 
     @property
     def notice(self) -> str:
-        """One line saying what was cut, or "" when nothing was."""
+        """One footer note saying what was cut (``max_value_chars``), or "" when nothing was."""
         if not self.cuts:
             return ""
-        return "Cut to fit the limit: " + "; ".join(cut.describe() for cut in self.cuts) + "."
+        return "input cut: " + "; ".join(cut.describe() for cut in self.cuts)
 
 
 def _cell_number(kind: str, raw: str, notebook: Notebook, token: str) -> int:

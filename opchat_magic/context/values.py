@@ -44,7 +44,7 @@ class Cut:
         return self.total - self.kept
 
     def describe(self) -> str:
-        return f"{self.what}: {self.left_out:,} of {self.total:,} characters left out"
+        return f"{self.left_out:,} of {self.total:,} characters of {self.what} left out"
 
 
 def clip(text: str, cap: int, what: str = "value") -> "tuple[str, Optional[Cut]]":
