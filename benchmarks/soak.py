@@ -15,7 +15,7 @@ echoing its own message and counting its own history: no cross-talk.
 
     python benchmarks/soak.py [--turns 1000] [--every 100] [--concurrent 50]
 
-``tests/test_soak.py`` runs the same functions at a small scale.
+``tests/kernel/test_soak.py`` runs the same functions at a small scale.
 """
 from __future__ import annotations
 

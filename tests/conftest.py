@@ -1,10 +1,20 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import sys
 import types
+from pathlib import Path
 
 import aiohttp
 import pytest
+
+# Tests are grouped by layer (unit/, integration/, kernel/, browser/); a few share
+# sample data across layers (`from test_render_renderer import realistic_reply`),
+# so every layer's folder is importable, as the flat tests/ folder was.
+for _layer in ("unit", "integration", "kernel", "browser"):
+    _path = str(Path(__file__).resolve().parent / _layer)
+    if _path not in sys.path:
+        sys.path.append(_path)
 
 
 class _CompatResponse(aiohttp.ClientResponse):

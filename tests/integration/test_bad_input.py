@@ -20,7 +20,7 @@ line, keep-alive comments count as bytes for ``read_timeout``.
 
 Part 2: bad USER input through a real kernel (``%load_ext opchat_magic``):
 each is a ``UsageError`` with a clear message and nothing reaches the server.
-``tests/test_magics_kernel.py`` already covers the empty cell, ``--bogus``,
+``tests/kernel/test_magics_kernel.py`` already covers the empty cell, ``--bogus``,
 an unknown ``{var}``, ``-p nosuchprovider`` and ``%opchat_reset nosuchthread``;
 the cases here are the ones it does not.
 """

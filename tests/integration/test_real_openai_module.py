@@ -14,7 +14,7 @@ import pytest
 
 from opchat_magic.server import LocalServer
 
-MODULE = Path(__file__).parent / "integration" / "test_real_openai.py"
+MODULE = Path(__file__).parent / "test_real_openai.py"
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 

@@ -39,7 +39,7 @@ from opchat_magic.server.faults import BROKEN_LINE, HTML_PAGE, HTTP_MESSAGES, OV
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBMIT = "/wp-json/mwai-ui/v1/chats/submit"
 START_SESSION = "/wp-json/mwai/v1/start_session"
 REJECTED = {"success": False, "message": "Sorry, your query has been rejected."}

@@ -13,7 +13,7 @@ import pytest
 
 from opchat_magic.quickstart import output_text, packaged_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(tmp_path, *args, cwd=None):

@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="samples the kernel from /proc"),
 ]
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "opchat_magic"
+ROOT = Path(__file__).resolve().parents[2] / "opchat_magic"
 PACKAGE = "opchat_magic"
 
 

@@ -56,7 +56,7 @@ def test_decoded_events_equal_and_hash_like_constructed_ones():
 
 
 def test_package_imports_no_io_library():
-    src = pathlib.Path(__file__).resolve().parents[1] / "opchat_magic" / "sse"
+    src = pathlib.Path(__file__).resolve().parents[2] / "opchat_magic" / "sse"
     for path in src.glob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(aiohttp|httpx|requests|asyncio)\b", text, re.M), path

@@ -15,7 +15,7 @@ import pytest
 from opchat_magic.history import Message
 from opchat_magic.history.store import SCHEMA_VERSION, Store, StoreError, default_path, notebook_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and signals")
 
 
