@@ -173,3 +173,23 @@ def test_no_class_over_300_lines():
                 if name not in KNOWN_LONG:
                     long.append(f"{name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def collapsed(edges):
+    """The graph between the package's parts (subpackages, top-level modules): what DESIGN.md draws."""
+    def part(module: str) -> str:
+        bits = module.split(".")
+        return ".".join(bits[:2]) if len(bits) > 1 else bits[0]
+
+    out = {}
+    for module, targets in edges.items():
+        for target in targets:
+            a, b = part(module), part(target)
+            if a != b and not (a == PACKAGE or b == PACKAGE):
+                out.setdefault(a, set()).add(b)
+    return out
+
+
+if __name__ == "__main__":  # python tests/unit/test_import_graph.py: print the graph for docs/DESIGN.md
+    for source, targets in sorted(collapsed(graph()).items()):
+        print(f"{source[len(PACKAGE) + 1:]:14} -> {', '.join(sorted(t[len(PACKAGE) + 1:] for t in targets))}")
