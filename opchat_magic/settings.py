@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 from traitlets.config import Configurable
 
 from .errors import OpchatError
@@ -58,7 +58,17 @@ class OpchatSettings(Configurable):
     persist = Bool(True, help="Keep history in SQLite across kernel restarts.").tag(config=True)
     history_db = Unicode("", help="History database path (empty: Jupyter data dir).").tag(config=True)
     connect_timeout = Float(10.0, help="Seconds to wait for a connection.").tag(config=True)
-    read_timeout = Float(60.0, help="Seconds the stream may stay silent before it is abandoned.").tag(config=True)
+    read_timeout = Float(
+        None, allow_none=True,
+        help="Seconds the stream may stay silent before it is abandoned; None: the provider's default "
+             "(opchatgpts 310 s: AI Engine gives its model 300 s and sends nothing meanwhile; openai 60 s).",
+    ).tag(config=True)
+    bot_id = Unicode("default", help="AI Engine: the site's chatbot (botId); an unknown one is answered by "
+                                     "the site's default chatbot.").tag(config=True)
+    context_id = Union([Int(), Unicode()], default_value=None, allow_none=True,
+                       help="AI Engine: contextId, the WordPress post whose text a content-aware chatbot reads; "
+                            "None (the plugin's own chatbot outside a post). opchatgpts.net's page was 28.",
+                       ).tag(config=True)
     provider_options = Dict(help="Extra keyword arguments for the provider (bot_id, context_id, nonce, ...). "
                                  "Keys belong in environment variables, not here.").tag(config=True)
     failover = List(Unicode(), help="Provider names tried in order when the first fails before any text.").tag(config=True)
@@ -123,7 +133,10 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
         cls = failover_provider([cls] + [provider_class(n) for n in settings.failover])
     kwargs = dict(settings.provider_options)
     kwargs.setdefault("connect_timeout", settings.connect_timeout)
-    kwargs.setdefault("read_timeout", settings.read_timeout)
+    if settings.read_timeout is not None:
+        kwargs.setdefault("read_timeout", settings.read_timeout)
+    for name in getattr(cls, "site_options", ()):  # AI Engine: which chatbot, which post
+        kwargs.setdefault(name, getattr(settings, name))
     endpoint = provider_endpoint(settings, chosen)
     if endpoint:
         kwargs.setdefault(getattr(cls, "url_kwarg", "url"), endpoint)

@@ -153,10 +153,14 @@ class ChatTurn:
 
     async def _run(self):
         opts = self.options
+        kwargs = opts.provider_kwargs
+        if self.turn.chat_id and "chat_id" not in kwargs:
+            # One server-side conversation per thread (AI Engine's chatId, so its Discussions keep
+            # one discussion per thread); providers without such an id ignore the keyword.
+            kwargs = {**kwargs, "chat_id": self.turn.chat_id}
         # reasoning=True: Reasoning chunks come too, for the renderer's thinking part. They
         # never reach the history: the commit below takes reply.text, the answer alone.
-        stream = opts.provider.create_async_generator(opts.model, self.messages, reasoning=True,
-                                                      **opts.provider_kwargs)
+        stream = opts.provider.create_async_generator(opts.model, self.messages, reasoning=True, **kwargs)
         self.reply = stream.reply
         try:
             async with stream:

@@ -33,6 +33,8 @@ instead of polling.
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import string
 import threading
 import time
 import uuid
@@ -116,6 +118,7 @@ class Turn:
     finished_at: Optional[float] = None
     retry_of: Optional[str] = None  # id of the failed turn this one sends again
     images: list = field(default_factory=list)  # references (sha256, mime, source, size), not bytes
+    chat_id: str = ""  # the thread's conversation id when the turn was sent (AI Engine's chatId)
 
     @property
     def retryable(self) -> bool:
@@ -132,6 +135,14 @@ class Turn:
     def from_dict(cls, data: dict) -> "Turn":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_CHAT_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+def new_chat_id() -> str:
+    """A fresh conversation id: 10 characters of ``[a-z0-9]``, as AI Engine's chatbot makes them."""
+    return "".join(secrets.choice(_CHAT_ID_CHARS) for _ in range(10))
 
 
 def _usage_dict(usage: Any) -> Optional[dict]:
@@ -209,6 +220,10 @@ class Thread:
         self._failed: Optional[Turn] = None
         self._failed_at = 0  # how many committed turns preceded the failed one
         self._version = 0  # bumped by every change to history or the failed turn
+        # The conversation's id on the server (AI Engine's chatId: one discussion per
+        # thread). Kept across restarts through the turns' stored meta; a reset starts
+        # a new one, so the site starts a new discussion too.
+        self.chat_id = new_chat_id()
 
     # -- views -------------------------------------------------------------
     @property
@@ -269,7 +284,7 @@ class Thread:
                     f"Thread {self.name!r} is still answering the previous message; wait for it, stop it, "
                     f"or send this one on another thread.")
             turn = Turn(thread=self.name, user=user_text, provider=provider or "", model=model or "",
-                        retry_of=retry_of, images=self._keep(images))
+                        retry_of=retry_of, images=self._keep(images), chat_id=self.chat_id)
             self._pending = turn
         self._tell("begin")
         return turn
@@ -399,6 +414,7 @@ class Thread:
         """
         with self._lock:
             self._history, self._failed, self._failed_at = [], None, 0
+            self.chat_id = new_chat_id()
             self._version += 1
             self._save("reset")
         self._tell("reset")
@@ -436,6 +452,12 @@ class Thread:
             if failed is not None:
                 self._failed = Turn.from_dict({**failed, "thread": self.name})
                 self._failed_at = int(failed.get("position") or 0)
+            # The conversation goes on where it was: the latest turn's chat id.
+            latest = self._history[-1] if self._history else None
+            if self._failed is not None and (latest is None or self._failed_at >= len(self._history)):
+                latest = self._failed
+            if latest is not None and latest.chat_id:
+                self.chat_id = latest.chat_id
             self._version += 1
 
     # -- export ------------------------------------------------------------
@@ -493,7 +515,8 @@ def _trim(history: List[Message], new_chars: int, max_messages: Optional[int],
 
 def _turn_meta(turn: Turn) -> Dict[str, Any]:
     return {"turn_id": turn.id, "provider": turn.provider, "model": turn.model, "usage": turn.usage,
-            "started_at": turn.started_at, "finished_at": turn.finished_at, "retry_of": turn.retry_of}
+            "started_at": turn.started_at, "finished_at": turn.finished_at, "retry_of": turn.retry_of,
+            "chat_id": turn.chat_id}
 
 
 def _turn_from_store(thread: str, data: dict) -> Turn:
@@ -504,7 +527,7 @@ def _turn_from_store(thread: str, data: dict) -> Turn:
                 provider=meta.get("provider") or "", model=meta.get("model") or "",
                 started_at=meta.get("started_at") or data.get("created") or 0.0,
                 finished_at=meta.get("finished_at"), retry_of=meta.get("retry_of"),
-                images=list(data.get("images") or []))
+                images=list(data.get("images") or []), chat_id=meta.get("chat_id") or "")
 
 
 def _warn_not_saved(message: str) -> None:

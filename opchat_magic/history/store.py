@@ -39,7 +39,7 @@ SCHEMA_VERSION = 2  # 2: image references (messages.images, failed_turns.images)
 # its whole request context cannot leak a key or an authenticated URL.
 META_KEYS = frozenset({
     "turn_id", "provider", "model", "usage", "started_at", "finished_at",
-    "first_chunk_at", "time_to_first_chunk", "total_time", "retry_of",
+    "first_chunk_at", "time_to_first_chunk", "total_time", "retry_of", "chat_id",
 })
 
 _SCHEMA = """

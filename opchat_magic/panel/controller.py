@@ -401,6 +401,9 @@ def _call(ref, method: str, *args) -> None:
 
 def _progress(turn) -> str:
     reply = turn.reply
+    if reply is not None and reply.first_chunk_at is None and not turn.text:
+        # Nothing yet: a server may think for minutes first (AI Engine waits up to 300 s, silently).
+        return f"Waiting for the first chunk… {time.perf_counter() - reply.started_at:.0f} s"
     parts = [f"Streaming… {len(turn.text)} characters"]
     if reply is not None:
         if reply.time_to_first_chunk is not None:

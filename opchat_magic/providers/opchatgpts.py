@@ -40,7 +40,16 @@ raised mid-stream also carries ``.partial``.
 
 Keep-alive comments (``: ping``) count as bytes for ``read_timeout``: a server
 that only ever sends keep-alives holds the stream open until it closes it
-(then: :class:`TruncatedStreamError`).
+(then: :class:`TruncatedStreamError`). The default ``read_timeout`` is 310 s:
+the plugin gives its model 300 s and sends nothing while it waits.
+
+Before any text, a turn may take up to two more requests, each at most once:
+a site given by its bare URL that turns out to have plain permalinks (its
+``/wp-json/`` is a web page) is asked again at the REST root that page's
+``Link`` header names (or ``?rest_route=/``); a site that refuses the nonce
+(401 ``rest_forbidden``: none; 403 ``rest_cookie_invalid_nonce``: stale) gets
+a fresh one from ``start_session`` and the turn is sent again. Both are
+remembered per site (:mod:`.wordpress`), so later turns take one request.
 """
 from __future__ import annotations
 
@@ -200,6 +209,8 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     # What this process learnt about sites (REST roots, nonces); shared by every call.
     sites = SiteCache()
+    # Keywords the settings fill in (OpchatSettings.bot_id / .context_id).
+    site_options = ("bot_id", "context_id")
 
     # ---------------------------------------------------------------- request
 

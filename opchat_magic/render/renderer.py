@@ -22,6 +22,12 @@ Re-sends of the open output are throttled:
   ``(2 + budget) * len(reply)`` plus ``lag_rate`` per second of streaming:
   linear in the reply, never quadratic.
 
+Until the first chunk (of reply or reasoning) arrives, ``tick()`` shows how long
+the reply has been awaited, in the tail, once a second after ``WAIT_SHOWN``
+seconds: a server may think for minutes before it sends anything (AI Engine
+waits up to 300 s for its model and sends no keep-alive). The first chunk, or
+the end of the turn, replaces that line.
+
 Reasoning ("thinking") text goes to ``feed_reasoning``: it is shown apart,
 before the reply, by :class:`~.reasoning.ReasoningPart` (same throttle, bounded
 updates), and closed (collapsed) when the first answer chunk arrives or the
@@ -38,11 +44,18 @@ from .blocks import BlockSplitter
 from .reasoning import ReasoningPart
 from .sanitize import sanitize_markdown
 
-__all__ = ["Renderer", "STOPPED", "STOPPED_EMPTY"]
+__all__ = ["Renderer", "STOPPED", "STOPPED_EMPTY", "WAIT_SHOWN", "waiting_text"]
 
 # U+25A0, not the ⏹ emoji: common UI fonts (and headless Chromium's) lack the emoji.
 STOPPED = "■ stopped — partial reply"
 STOPPED_EMPTY = "■ stopped before any reply arrived"
+# Seconds before the "waiting" line appears: a quick reply never shows it.
+WAIT_SHOWN = 1.0
+
+
+def waiting_text(seconds: float) -> str:
+    """The line shown while no chunk has arrived yet (Markdown)."""
+    return f"*⏳ waiting for the first chunk… {int(seconds)} s*"
 
 
 class Renderer:
@@ -76,6 +89,8 @@ class Renderer:
         self.group_chars = group_chars
         self.lag_rate = lag_rate
         self._closed = False
+        self._started = clock()
+        self._waiting = 0  # whole seconds shown in the waiting line (0: not shown)
         self.reasoning = ReasoningPart(face, clock, interval=interval, max_lag=self.max_lag, budget=budget)
         # counters (benchmarks, tests)
         self.chars = 0  # reply characters received
@@ -99,6 +114,8 @@ class Renderer:
     def feed_reasoning(self, chunk: str) -> None:
         """A chunk of the model's reasoning: shown apart, before the reply, secondary."""
         if not self._closed:
+            if self._tail_md and self.waiting:
+                self._drop_waiting()  # the thinking part comes first; the reply's tail, after it
             self.reasoning.feed(chunk)
 
     def feed(self, chunk: str) -> None:
@@ -122,10 +139,17 @@ class Renderer:
         else:
             self._maybe_render(now)
 
+    @property
+    def waiting(self) -> bool:
+        """No chunk yet (neither reply nor reasoning)."""
+        return self._last is None and not self.reasoning.started and not self._chunks
+
     def tick(self) -> None:
         """Flush a dirty tail once its interval has passed (call every ~50-100 ms)."""
         if self._closed:
             return
+        if self.waiting and not self._raw:
+            self._show_waiting(self.clock() - self._started)
         if not self.reasoning.closed:
             self.reasoning.tick()
         if self._dirty:
@@ -152,6 +176,22 @@ class Renderer:
     # -- rendering -----------------------------------------------------------
     def _view_len(self) -> int:
         return self._group_len + self._splitter.tail_len
+
+    def _show_waiting(self, elapsed: float) -> None:
+        seconds = int(elapsed)
+        if elapsed < WAIT_SHOWN or seconds == self._waiting:
+            return
+        self._waiting = seconds
+        md = waiting_text(seconds)
+        self.face.set_tail(md)
+        self.tail_updates += 1
+        self.bytes_sent += len(md)
+        self._tail_md = md
+
+    def _drop_waiting(self) -> None:
+        self.face.set_tail("")
+        self.face.close_tail()
+        self._tail_md = ""
 
     def _maybe_render(self, now: float) -> None:
         elapsed = now - self._last
@@ -197,6 +237,8 @@ class Renderer:
         self._last = now
 
     def _final(self) -> None:
+        if self._tail_md and self.waiting:  # the waiting line goes; a marker or nothing takes its place
+            self._drop_waiting()
         self.reasoning.close()
         self._closed = True
         if not self._raw:

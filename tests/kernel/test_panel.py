@@ -6,6 +6,7 @@ deadline, so a hang fails fast instead of eating the suite's timeout.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -268,3 +269,17 @@ def test_line_magic_shows_a_panel(kernel):
                for m in ex.of_type("display_data"))
     assert not ex.of_type("execute_result"), "the panel is displayed once, not echoed as Out[n]"
     assert kernel.value("__import__('opchat_magic.panel').panel.last_panel().thread.name") == "from_magic"
+
+
+def test_panel_shows_how_long_it_has_waited_for_the_first_chunk(kernel, server):
+    # The server sends nothing for fault_delay (3 s), as AI Engine while its model thinks.
+    kernel.run("panel.input.value = 'slow [[fault:slow_first_byte]]'\n_chat = panel.send()")
+    status = wait_for(kernel, "'Waiting for the first chunk' in panel.status_text and "
+                              "not panel.status_text.endswith(' 0 s') and panel.status_text", timeout=10)
+    assert re.search(r"Waiting for the first chunk… [12] s", status), status
+    assert "waiting for the first chunk" in wait_for(kernel, "'waiting for the first chunk' in shown(panel) "
+                                                             "and shown(panel)", timeout=10)
+    wait_idle(kernel)
+    shown = kernel.value("shown(panel)")
+    assert flat(reply_text(user("slow")))[:20] in shown and "waiting for the first chunk" not in shown
+    assert kernel.value("panel.status_text").startswith("✓")

@@ -547,3 +547,52 @@ def test_racing_on_one_thread_keeps_history_in_order():
     for me in "ab":
         mine = [m.content for m in messages[::2] if m.content.startswith(me)]
         assert mine == [f"{me}{i}" for i in range(100)]
+
+
+# -- one server-side conversation id per thread (AI Engine's chatId) ------------------
+def test_each_thread_has_its_own_chat_id_and_a_reset_starts_a_new_one():
+    import re
+
+    conversation = Conversation("nb")
+    main, work = conversation.thread(), conversation.thread("work")
+    assert re.fullmatch(r"[a-z0-9]{10}", main.chat_id) and main.chat_id != work.chat_id
+    first = main.begin("u1")
+    assert first.chat_id == main.chat_id
+    main.commit(first, "a1")
+    failed = main.begin("u2")
+    main.fail(failed, "boom")
+    again = main.retry()
+    assert again.chat_id == first.chat_id  # the same conversation, turn after turn
+    main.commit(again, "a2")
+    before = main.chat_id
+    conversation.reset()
+    assert main.chat_id != before and re.fullmatch(r"[a-z0-9]{10}", main.chat_id)
+    assert work.chat_id != before
+    ids = {conversation.thread(n).chat_id for n in conversation.threads()}
+    conversation.reset_all()
+    assert not ids & {conversation.thread(n).chat_id for n in conversation.threads()}
+
+
+def test_chat_id_survives_a_restart(tmp_path):
+    path = tmp_path / "history.sqlite3"
+    with Store(path) as store:
+        conversation = Conversation("nb", store=store)
+        thread = conversation.thread()
+        chat(thread, "u1", "a1")
+        kept = thread.chat_id
+        work = conversation.thread("work")
+        work.fail(work.begin("w1"), "boom")  # only a failed turn: its id is the thread's
+        work_id = work.chat_id
+        fresh = conversation.thread("fresh")  # no turn: nothing to continue
+        assert conversation.flush(10)
+    with Store(path) as store:
+        restored = Conversation("nb", store=store)
+        assert restored.thread().chat_id == kept
+        assert restored.thread("work").chat_id == work_id
+        assert restored.thread().turns[0].chat_id == kept
+        restored.reset()
+        new = restored.thread().chat_id
+        chat(restored.thread(), "u2", "a2")
+        assert restored.flush(10)
+    with Store(path) as store:
+        assert Conversation("nb", store=store).thread().chat_id == new != kept

@@ -402,3 +402,68 @@ def test_a_stop_before_any_text_says_so():
     r = Renderer(TerminalFace(stream=buf))
     r.fail("stopped by the user", stopped=True)
     assert buf.getvalue().strip() == STOPPED_EMPTY
+
+
+# -- waiting for the first chunk ------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_waiting_line_counts_seconds_until_the_first_chunk():
+    from opchat_magic.render.renderer import waiting_text
+
+    clock = FakeClock()
+    face = CountingFace()
+    r = Renderer(face, interval=0.05, clock=clock)
+    for t in (0.2, 0.6, 0.9):  # a quick reply never shows it
+        clock.now = 100.0 + t
+        r.tick()
+    assert face.calls == []
+    shown = []
+    for t in (1.0, 1.3, 1.9, 2.0, 2.5, 65.2):
+        clock.now = 100.0 + t
+        r.tick()
+    shown = [md for _, kind, md in face.calls if kind == "tail"]
+    assert shown == [waiting_text(1), waiting_text(2), waiting_text(65)]  # once a second, no more
+    assert "waiting for the first chunk" in shown[0] and "65 s" in shown[-1]
+    r.feed("Hello")  # the first chunk replaces it
+    assert face.calls[-1][1:] == ("tail", "Hello")
+    clock.now += 5
+    r.tick()
+    assert not any("waiting" in md for _, kind, md in face.calls[4:])
+    r.finish()
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_waiting_line_removed_when_the_turn_ends_without_text(stopped):
+    from opchat_magic.render.renderer import STOPPED_EMPTY
+
+    clock = FakeClock()
+    face = CountingFace()
+    r = Renderer(face, clock=clock)
+    clock.now += 3
+    r.tick()
+    r.fail("boom", stopped=stopped)
+    kinds = [(kind, md) for _, kind, md in face.calls]
+    assert kinds[-2] == ("tail", "")  # the waiting line is gone before the marker
+    assert kinds[-1] == ("error", STOPPED_EMPTY if stopped else "⚠ boom")
+
+
+def test_no_waiting_line_on_a_raw_face():
+    clock = FakeClock()
+
+    class Raw(CountingFace):
+        streams_raw = True
+
+        def write(self, text):
+            self._rec("write", text)
+
+    face = Raw()
+    r = Renderer(face, clock=clock)
+    clock.now += 10
+    r.tick()
+    assert face.calls == []

@@ -41,3 +41,22 @@ def test_magic_talks_to_the_real_plugin(kernel, upstream):
         {"role": "assistant", "content": expected1},
         {"role": "user", "content": "And a second question"},
     ]
+
+
+def test_one_discussion_per_thread_across_a_restart(aiengine, kernel, upstream):
+    site, _ = aiengine
+    before = site.discussions()
+    kernel.run("%%opchat -t disc\none", timeout=120)
+    kernel.run("%%opchat -t disc\ntwo", timeout=120)
+    kernel.restart()
+    kernel.run(f"%load_ext opchat_magic\n%config OpchatMagics.url = {site.url!r}")
+    kernel.run("%%opchat -t disc\nthree, after a kernel restart", timeout=120)
+    new = site.discussions()[len(before):]
+    assert len(new) == 1, new  # one thread, one discussion, restart or not
+    users = [m["content"].strip() for m in new[0]["messages"] if m["role"] == "user"]
+    assert users == ["one", "two", "three, after a kernel restart"]
+    kernel.run("%opchat_reset disc")
+    kernel.run("%%opchat -t disc\na fresh start", timeout=120)
+    newer = site.discussions()[len(before):]
+    assert len(newer) == 2 and newer[1]["chatId"] != newer[0]["chatId"]
+    assert [m["content"].strip() for m in newer[1]["messages"] if m["role"] == "user"] == ["a fresh start"]
