@@ -36,7 +36,6 @@ from ..errors import OpchatError
 
 MAGIC_NAME = "opchat"
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t]*)+\Z")
-_FENCE = re.compile(r"^(```+|~~~+)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
 
 
 @magics_class
@@ -353,7 +352,9 @@ class _Request:
 
 def extract_code(markdown: str) -> str:
     """The reply's fenced code blocks, joined: what `-f code` puts in the next cell."""
-    return "\n\n".join(m.group(2).rstrip("\n") for m in _FENCE.finditer(markdown))
+    from ..render import code_blocks  # what CommonMark reads as code, by the renderer's own splitter
+
+    return "\n\n".join(c.rstrip("\n") for c in code_blocks(markdown))
 
 
 def _usage_text(exc: BaseException) -> str:

@@ -417,3 +417,110 @@ _LINE = {
     "indent": BlockSplitter._line_indent,
     "table": BlockSplitter._line_table,
 }  # the line handler of each kind of open block
+
+
+# -- code blocks: what `-f code` takes -----------------------------------------------
+
+def _strip_columns(line: str, n: int) -> str:
+    """``line`` without its first ``n`` columns of indentation (tabs to the next multiple of 4)."""
+    col = i = 0
+    while i < len(line) and col < n:
+        ch = line[i]
+        if ch == " ":
+            col += 1
+        elif ch == "\t":
+            width = 4 - col % 4
+            if col + width > n:  # a tab straddling the cut leaves its remaining columns as spaces
+                return " " * (col + width - n) + line[i + 1 :]
+            col += width
+        else:
+            break
+        i += 1
+    return line[i:]
+
+
+def _fence_content(lines: List[str], strip: int, ch: str, n: int, any_indent: bool = False) -> "tuple[str, int]":
+    """(content, lines used) of a fence whose opening line is already taken: up to the
+    closing fence (or the end), each line without up to ``strip`` leading spaces."""
+    out = []
+    for k, line in enumerate(lines):
+        body = line.rstrip("\n")
+        if (_closes_run(body.lstrip(" \t"), ch, n) if any_indent else _fence_closes(body, ch, n)):
+            return "".join(out), k + 1
+        if any_indent and body.strip() and _indent(body) < strip:
+            return "".join(out), k  # in a list item: a line left of the item's content ends it
+        out.append(_strip_columns(line, strip) if strip else line)
+    return "".join(out), len(lines)
+
+
+def code_blocks(text: str) -> List[str]:
+    """The contents of the code blocks of ``text``, as CommonMark reads them, in order.
+
+    Read with the renderer's own :class:`BlockSplitter` (caps off), so `-f code`
+    takes exactly what the reply shows as code: fenced blocks closed by a run of
+    at least the opening length indented 0-3 spaces (or the end of the text),
+    fences inside list items, and indented code blocks (4+ columns after a
+    blank line). Each content ends with a newline, as CommonMark's does.
+    """
+    if not text:
+        return []
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    big = len(text) + 2
+    splitter = BlockSplitter(max_chars=big, max_fence_lines=big)
+    # (a last line without its newline would stay in the open block: end it)
+    added = not text.endswith("\n")
+    splitter.feed(text + "\n" if added else text)
+    found: List[str] = []
+    blocks = splitter.close()
+    if added and blocks:  # the newline added above is no part of an unclosed fence
+        blocks[-1] = blocks[-1][:-1]
+    for block in blocks:
+        lines = block.splitlines(keepends=True)
+        k = 0
+        while k < len(lines) and _BLANK.match(lines[k]):
+            k += 1
+        if k == len(lines):
+            continue
+        first = lines[k]
+        fence = _fence_open(first)
+        if fence:
+            indent, ch, n = fence
+            found.append(_fence_content(lines[k + 1 :], indent, ch, n)[0])
+        elif _indent(first) >= 4:
+            body = [_strip_columns(line, 4) if line.strip() else line.lstrip(" \t") for line in lines[k:]]
+            while body and not body[-1].strip():
+                body.pop()
+            if body and not body[-1].endswith("\n"):
+                body[-1] += "\n"
+            found.append("".join(body))
+        elif _ITEM.match(first):
+            found.extend(_list_fences(lines[k:]))
+    return found
+
+
+def _list_fences(lines: List[str]) -> List[str]:
+    """Fenced blocks inside the items of a list block (the splitter's reading: indented 2+)."""
+    found: List[str] = []
+    k = 0
+    while k < len(lines):
+        line = lines[k]
+        fence = _fence_open(line.lstrip(" \t"))
+        item = _ITEM.match(line)
+        if item and not fence:
+            rest = line[item.end() :]
+            fence = _fence_open(rest.lstrip(" ")) if rest.strip() else None
+            if fence:  # "- ```": the fence opens the item itself
+                strip = len(line) - len(rest.lstrip(" "))
+                content, used = _fence_content(lines[k + 1 :], strip, fence[1], fence[2], any_indent=True)
+                found.append(content)
+                k += 1 + used
+                continue
+        elif fence and _indent(line) >= 2:
+            strip = len(line) - len(line.lstrip(" "))
+            content, used = _fence_content(lines[k + 1 :], strip, fence[1], fence[2], any_indent=True)
+            found.append(content)
+            k += 1 + used
+            continue
+        k += 1
+    return found

@@ -1,9 +1,9 @@
 """The renderer: text chunks of one reply in, Markdown outputs out.
 
 It knows nothing of HTTP or providers. Chunks go through a
-:class:`~.blocks.BlockSplitter`; each completed block is sanitised once. The
-face shows one **open output** (``face.set_tail``): the completed blocks it
-has gathered so far plus the sanitised open tail. Once it holds
+:class:`~.blocks.BlockSplitter`. The face shows one **open output**
+(``face.set_tail``): the completed blocks it has gathered so far plus the
+open tail, sanitised as one text. Once it holds
 ``group_chars`` characters of completed blocks (or a tenth of the reply so
 far, if larger), it is sent once more, final (``face.add_block``), and the
 next output opens. So a reply makes few outputs whatever its length (about 20
@@ -42,7 +42,7 @@ from typing import Any, Callable, List, Optional
 
 from .blocks import BlockSplitter
 from .reasoning import ReasoningPart
-from .sanitize import sanitize_markdown
+from .sanitize import ImagePolicy, sanitize_markdown
 
 __all__ = ["Renderer", "STOPPED", "STOPPED_EMPTY", "WAIT_SHOWN", "waiting_text"]
 
@@ -71,7 +71,11 @@ class Renderer:
         max_fence_lines: int = 40,
         group_chars: int = 4000,
         lag_rate: float = 8000.0,
+        remote_images=False,
     ):
+        # which images may show inline (render.ImagePolicy): by default none that
+        # would make the page fetch a URL the model chose
+        self.images = ImagePolicy(remote_images)
         self.face = face
         self.interval = interval
         self.clock = clock
@@ -206,17 +210,26 @@ class Renderer:
         for block in blocks:
             if not block.strip():
                 continue
-            md = sanitize_markdown(block)
-            self._group.append(md)
-            self._group_len += len(md)
+            # raw: the open output is sanitised as one document (see _group_md)
+            self._group.append(block)
+            self._group_len += len(block)
             self.blocks += 1
             if self._group_len >= max(self.group_chars, self.chars // 10):
                 self._close_output()
         if final and self._group:
             self._close_output()
 
+    def _group_md(self, tail: str = "") -> str:
+        """The open output's Markdown: its blocks and ``tail`` sanitised as one text.
+
+        Not block by block: sanitised pieces, joined, are not a sanitised
+        whole (a math span of JupyterLab's may open in one block and close in
+        the next, carrying a quote into an attribute)."""
+        raw = "".join(self._group) + (tail if tail.strip() else "")
+        return sanitize_markdown(raw, self.images) if raw.strip() else ""
+
     def _close_output(self) -> None:
-        md = "".join(self._group)
+        md = self._group_md()
         self._group, self._group_len = [], 0
         self.face.add_block(md)  # the open output's final state
         self.blocks_sent += 1
@@ -226,7 +239,7 @@ class Renderer:
     def _render(self, now: float) -> None:
         self._take_blocks(self._splitter.take_completed())
         tail = self._splitter.tail
-        md = "".join(self._group) + (sanitize_markdown(tail) if tail.strip() else "")
+        md = self._group_md(tail)
         if md != self._tail_md:
             self.face.set_tail(md)
             self.tail_updates += 1

@@ -9,11 +9,21 @@ HTML in a reply runs (``<img src=x onerror=...>``), links may be
   code that every parser agrees is code, and in ``<http(s)://...>`` /
   ``<mailto:...>`` / e-mail autolinks; ``\\<`` becomes ``&lt;`` too (marked's
   bare-URL rule can swallow the backslash);
-* link and image destinations after ``](`` and ``]:`` whose scheme, once
-  entities, backslash escapes, tabs, newlines and leading control characters
-  are resolved the way a browser would, is ``javascript:``, ``vbscript:`` or
-  ``data:`` (other than ``data:image/png|gif|jpeg|webp``) get ``#blocked-``
-  put in front (a harmless fragment link); dangerous autolinks are escaped;
+* link and image destinations after ``](`` and ``]:`` pass an **allowlist**:
+  read as a browser reads the ``href`` marked writes (entities and backslash
+  escapes resolved, tabs and newlines dropped, every leading character that
+  JavaScript's ``trim`` or the WHATWG URL parser drops, and more, skipped), a
+  destination survives only if it has no scheme (relative, ``#fragment``,
+  ``//host``) or its scheme is ``http``, ``https`` or ``mailto``, or it is
+  ``data:image/png|gif|jpeg|webp``; any other gets ``#blocked-`` put in front
+  (a harmless fragment link); autolinks other than http(s)/mailto/e-mail are
+  escaped;
+* no image makes the page fetch anything: every ``![`` becomes ``&#33;[``
+  (the image shows as a visible link to where it would have loaded from),
+  except plain ``data:image/png|gif|jpeg|webp`` images and what the
+  ``remote_images`` option (:class:`ImagePolicy`) lets through;
+* ``mermaid`` fences become ``mermaid-source`` (shown as code: JupyterLab's
+  mermaid renderer loads the images a diagram's labels name);
 * ``"`` in image alt text is ``&quot;`` (marked 16, shipped by JupyterLab
   releases before 4.6, pastes alt text into ``alt="..."`` unescaped);
 * fence info strings keep only ``[A-Za-z0-9_+#.-]`` and spaces (JupyterLab's
@@ -62,6 +72,7 @@ from __future__ import annotations
 import bisect
 import html
 import re
+import unicodedata
 from typing import List, Optional, Tuple
 
 # one reading of CommonMark fences and indentation for both modules
@@ -71,7 +82,7 @@ from .commonmark import fence_closes as _fence_closes
 from .commonmark import indent as _indent
 from .commonmark import span_not_fence as _span_not_fence
 
-__all__ = ["sanitize_markdown", "escape_text"]
+__all__ = ["sanitize_markdown", "escape_text", "ImagePolicy"]
 
 _PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _TAGLIKE = re.compile(r"<(?=[A-Za-z/!?])")
@@ -85,6 +96,7 @@ _SAFE_AUTOLINK = re.compile(
 # indentation, then a run of 3+ backticks or tildes.
 _FENCEISH = re.compile(r"((?:[ \t]*(?:[-+*]|\d{1,9}[.)])(?=[ \t])|[ \t]*>)*[ \t]*)(`{3,}|~{3,})(.*)")
 _INFO_BAD = re.compile(r"[^A-Za-z0-9_+#.\- ]")
+_FIRST_WORD = re.compile(r"( *)([^ ]*)")
 _LINK_DEST = re.compile(r"\]\(|\]:")
 _ENTITY = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,8};?|[A-Za-z][A-Za-z0-9]{1,31};?)")
 _SAFE_DATA = re.compile(r"data:image/(?:png|gif|jpeg|webp)[;,]")
@@ -115,12 +127,44 @@ def _blank(line: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# destinations
-def _dangerous_url(s: str, i: int, n: int) -> bool:
-    """Would the destination starting at ``s[i]`` (text ends at ``n``) have a script-capable scheme?"""
-    out: List[str] = []
+# destinations: an allowlist of schemes
+_ALLOWED_SCHEMES = frozenset({"http", "https", "mailto"})
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+# What String.prototype.trim removes (marked trims destinations), besides ASCII.
+_JS_TRIM = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+                     "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u180e")
+
+
+def _leading_junk(ch: str) -> bool:
+    """May a browser or marked drop ``ch`` in front of a URL (so the scheme follows it)?
+
+    A superset, on purpose: ASCII controls and space (the WHATWG URL parser
+    strips them), what JavaScript's ``trim`` removes (marked trims), every
+    other separator, control and format character (U+180E, U+200B, bidi
+    marks...), and ``<`` (a pointy-bracket destination). Dropping too much only
+    ever blocks more.
+    """
+    if ord(ch) <= 0x20 or ch in _JS_TRIM or ch == "<":
+        return True
+    return unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc", "Cf", "Co", "Cn")
+
+
+def _blocked_url(s: str, i: int, n: int) -> bool:
+    """Does the destination starting at ``s[i]`` (text ends at ``n``) fall outside the allowlist?
+
+    Read the way a browser reads the ``href``/``src`` marked writes: entities
+    and backslash escapes resolved, tabs and newlines dropped anywhere,
+    leading junk (:func:`_leading_junk`) dropped. What is left is allowed when
+    it has no scheme (relative, fragment, ``//host``) or its scheme is http,
+    https or mailto, or it is ``data:image/png|gif|jpeg|webp``. A scheme is what
+    the WHATWG parser takes for one: an ASCII letter, then letters, digits,
+    ``+ . -``, then ``:``. Anything else (another scheme, a scheme hidden by
+    more than 4,096 junk characters) is blocked.
+    """
+    scheme: List[str] = []
     junk = 0
-    while i < n and len(out) < 40:
+    started = False
+    while i < n:
         c = s[i]
         if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
             chars, i = s[i + 1], i + 2
@@ -136,18 +180,96 @@ def _dangerous_url(s: str, i: int, n: int) -> bool:
         for ch in chars:
             if ch in "\t\n\r":
                 continue  # browsers drop these anywhere in a URL
-            if not out and ord(ch) <= 0x20:
-                junk += 1  # browsers strip leading C0 controls and spaces
-                if junk > 4096:
-                    return True
+            if not started:
+                if _leading_junk(ch):
+                    junk += 1
+                    if junk > 4096:
+                        return True
+                    continue
+                started = True
+                if not (ch.isascii() and ch.isalpha()):
+                    return False  # no scheme: relative, a fragment or //host
+                scheme.append(ch.lower())
                 continue
-            out.append(ch.lower())
-        if out and out[-1] in " )>\"'":
-            break
-    url = "".join(out)
-    if url.startswith(("javascript:", "vbscript:")):
-        return True
-    return url.startswith("data:") and not _SAFE_DATA.match(url)
+            if ch == ":":
+                name = "".join(scheme)
+                if name in _ALLOWED_SCHEMES:
+                    return False
+                if name == "data":
+                    return not _SAFE_DATA.match("data:" + _decoded_prefix(s, i, n, 24))
+                return True
+            if ch in _SCHEME_CHARS:
+                scheme.append(ch.lower())
+                if len(scheme) > 64:
+                    return True  # no scheme we allow is that long
+                continue
+            return False  # not a scheme: a relative path
+    return False  # ended inside what might have become a scheme: plain text, relative
+
+
+def _decoded_prefix(s: str, i: int, n: int, size: int) -> str:
+    """Up to ``size`` characters from ``s[i]``, entities and escapes resolved, tabs and newlines dropped."""
+    out: List[str] = []
+    while i < n and len(out) < size:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
+            chars, i = s[i + 1], i + 2
+        elif c == "&":
+            m = _ENTITY.match(s, i)
+            dec = html.unescape(m.group(0)) if m else c
+            chars, i = (dec, m.end()) if m and dec != m.group(0) else (c, i + 1)
+        else:
+            chars, i = c, i + 1
+        out.extend(ch.lower() for ch in chars if ch not in "\t\n\r")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------
+# images: no fetch unless the user opted in
+_PLAIN_IMAGE_ALT = re.compile(r"[^\[\]`\\<\n&]*\]\([ \t]*<?")
+_PLAIN_REMOTE = re.compile(r"https?://([A-Za-z0-9.-]+)(?::[0-9]{1,5})?[/?#]", re.I)
+_PLAIN_DATA = re.compile(r"data:image/(?:png|gif|jpeg|webp)[;,]", re.I)
+
+
+class ImagePolicy:
+    """Which images may show inline (every other image becomes a link).
+
+    ``remote_images``: ``False`` (default) shows only ``data:image/png|gif|jpeg|webp``
+    images; ``True`` shows every image (http/https, reference style, relative);
+    a collection of host names shows plain inline images from those hosts too
+    (``![alt](https://host/...)``, nothing fancier: a form the sanitiser can read
+    with certainty).
+    """
+
+    __slots__ = ("all", "hosts")
+
+    def __init__(self, remote_images=False):
+        if isinstance(remote_images, ImagePolicy):
+            self.all, self.hosts = remote_images.all, remote_images.hosts
+        elif isinstance(remote_images, bool) or remote_images is None:
+            self.all, self.hosts = bool(remote_images), frozenset()
+        elif isinstance(remote_images, str):
+            raise TypeError("remote_images takes True/False or a collection of host names, not a str")
+        else:
+            self.all = False
+            self.hosts = frozenset(h.strip().lower().rstrip(".") for h in remote_images if h and h.strip())
+
+    def keeps(self, s: str, i: int, b: int) -> bool:
+        """May the image opened by the ``![`` at ``s[i]`` show inline?"""
+        if self.all:
+            return True
+        m = _PLAIN_IMAGE_ALT.match(s, i + 2, b)
+        if not m:
+            return False
+        p = m.end()
+        if _PLAIN_DATA.match(s, p, b):
+            return True
+        r = _PLAIN_REMOTE.match(s, p, b)
+        return bool(r and self.hosts and r.group(1).lower().rstrip(".") in self.hosts)
+
+
+_NO_REMOTE_IMAGES = ImagePolicy(False)
+_BANG = "&#33;"  # "!" that opens no image, in text and in any reading (even after a backslash)
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +322,7 @@ def _closeish(line: str, ch: str, n: int, opener: str) -> bool:
     return body.startswith(opener) and not body[len(opener) :].lstrip("~`").strip(" ")
 
 
-def _plan(text: str) -> _Plan:
+def _plan(text: str, images: ImagePolicy = _NO_REMOTE_IMAGES) -> _Plan:
     plan = _Plan()
     mode = "text"  # text | fence | indent
     tainted = False
@@ -214,7 +336,7 @@ def _plan(text: str) -> _Plan:
     def flush() -> None:
         nonlocal chunk_start
         if chunk_start is not None:
-            _inline(text, chunk_start, chunk_end, plan)
+            _inline(text, chunk_start, chunk_end, plan, images)
             chunk_start = None
 
     def add_text(a: int, b: int) -> None:
@@ -314,7 +436,7 @@ def _bracket_open(line: str, pending: bool) -> bool:
     return pending
 
 
-def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
+def _inline(s: str, a: int, b: int, plan: _Plan, images: ImagePolicy = _NO_REMOTE_IMAGES) -> None:
     """Plan the edits of one run of text lines ``s[a:b]`` (no blank line inside)."""
     # maximal backtick runs, by length, for finding closers
     runs: dict = {}
@@ -389,7 +511,16 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
             if not raw_ok:
                 for m in _TAGLIKE.finditer(content):
                     edits.append((j + m.start(), 1, "&lt;"))
+                if not images.all:  # it may be text: no image may open in it
+                    k = content.find("![")
+                    while k != -1:
+                        edits.append((j + k, 1, _BANG))
+                        k = content.find("![", k + 2)
             i = close + n
+            continue
+        if c == "!" and i + 1 < b and s[i + 1] == "[" and not images.keeps(s, i, b):
+            edits.append((i, 1, _BANG))  # the image shows as the link it would have fetched
+            i += 1
             continue
         if c == "<":
             m = _SAFE_AUTOLINK.match(s, i, b)
@@ -417,7 +548,7 @@ def _inline(s: str, a: int, b: int, plan: _Plan) -> None:
         while p < b and s[p] in " \t\n":
             p += 1
         q = p + 1 if p < b and s[p] == "<" else p
-        if q < b and _dangerous_url(s, q, b):
+        if q < b and _blocked_url(s, q, b):
             edits.append((p, 0, _BLOCKED))
 
 
@@ -531,7 +662,13 @@ def _clean_info(text: str) -> str:
                 # removes those backticks: then no '"' may reach class="..."
                 line = line[: m.end(2)] + m.group(3).replace('"', "")
             else:
-                line = line[: m.end(2)] + _INFO_BAD.sub("", m.group(3))
+                info = _INFO_BAD.sub("", m.group(3))
+                word = _FIRST_WORD.match(info)
+                if word.group(2).lower() == "mermaid":
+                    # JupyterLab renders ```mermaid as a diagram, and mermaid
+                    # fetches what its labels name: show the source as code
+                    info = word.group(1) + "mermaid-source" + info[word.end():]
+                line = line[: m.end(2)] + info
         out.append(line)
     return "\n".join(out)
 
@@ -650,7 +787,7 @@ def _in_fence(fences, a: int, b: int) -> bool:
     return any(f0 <= a and b <= f1 and lang != "mermaid" for f0, f1, lang in fences)
 
 
-def _math_guard(s: str) -> str:
+def _math_guard(s: str, images: ImagePolicy = _NO_REMOTE_IMAGES) -> str:
     """Keep JupyterLab's math pass from re-opening what the sanitiser closed.
 
     JupyterLab lifts math out (``removeMath``), renders the rest with marked
@@ -669,9 +806,9 @@ def _math_guard(s: str) -> str:
         regions = _jl_math_regions(s)
         if not regions:
             return s
-        plan = _plan(s)
+        plan = _plan(s, images)
         p, kept, marks = _lift_math(s, regions)
-        pplan = _plan(p)
+        pplan = _plan(p, images)
         edits: List[Tuple[int, int, str]] = []
         for (r0, r1, t0, t1), mark in zip(regions, marks):
             if '"' not in s[r0:r1]:
@@ -713,8 +850,14 @@ def _math_guard(s: str) -> str:
     return _apply(s, edits)
 
 
-def sanitize_markdown(block: str) -> str:
-    """Return ``block`` made safe to render as one Markdown output (see module doc)."""
+def sanitize_markdown(block: str, remote_images=False) -> str:
+    """Return ``block`` made safe to render as one Markdown output (see module doc).
+
+    ``remote_images``: which images may show inline (see :class:`ImagePolicy`);
+    by default only ``data:image/png|gif|jpeg|webp`` ones: any other image
+    would make the page fetch a URL the model chose.
+    """
+    images = remote_images if isinstance(remote_images, ImagePolicy) else ImagePolicy(remote_images)
     if not block:
         return block
     text = block
@@ -723,6 +866,6 @@ def sanitize_markdown(block: str) -> str:
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
     text = _clean_info(text)
-    plan = _plan(text)
+    plan = _plan(text, images)
     out = _apply(text, plan.edits)
-    return _math_guard(out)
+    return _math_guard(out, images)

@@ -318,3 +318,48 @@ def test_code_fence_pieces_render_as_code_whatever_the_chunking(sizes):
     assert blocks == blocks_of(doc, max_fence_lines=10)
     for b in blocks:
         assert b.startswith("~~~~html\n") and b.endswith("~~~~\n")
+
+
+# -- code_blocks: what `-f code` takes is what CommonMark reads as code ----------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from opchat_magic.render import code_blocks  # noqa: E402
+
+CODE_LINES = ["```", "````", "```py", "~~~", "~~~~", " ```", "  ```", "   ```", "    ```", "```` ",
+              "``` x`y", "~~~ py", "prose", "more prose", "", "    indented", "\tindent tab", "# head",
+              "---", "x ```", "  prose", "print('<b>')", "   ~~~~~", "```\t", "~~~`"]
+
+
+def _commonmark_code(doc: str) -> list:
+    markdown_it = pytest.importorskip("markdown_it")
+    return [t.content for t in markdown_it.MarkdownIt("commonmark").parse(doc) if t.type in ("fence", "code_block")]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(CODE_LINES), max_size=14))
+def test_code_blocks_are_commonmarks(lines):
+    """The oracle is markdown-it-py, CommonMark's reference reading in Python."""
+    doc = "\n".join(lines)
+    assert code_blocks(doc) == _commonmark_code(doc), doc
+
+
+@pytest.mark.parametrize("doc", [
+    # finding 4: a longer closing run, or one indented 1-3 spaces, closes the fence
+    "```python\nx = 1\n````\nThis is prose, not code.\n",
+    "```python\nx = 1\n   ```\nThis is prose, not code.\n```\n",
+    "~~~\na\n~~~~~  \nprose\n",
+    "- item\n  ```py\n  x = 1\n  ```\n- next\n",
+    "1. Install:\n   ```bash\n   pip install x\n   ```\n2. Run `x`.\n",
+    "- ```\n  a\n  ```\nprose\n",
+    "text\n\n    indented code\n\nafter\n",
+    "```\nunclosed to the end",
+])
+def test_code_blocks_examples(doc):
+    assert code_blocks(doc) == _commonmark_code(doc)
+
+
+def test_extract_code_takes_no_prose():
+    from opchat_magic.ipython.magics import extract_code
+
+    reply = "Here:\n\n```python\nx = 1\n````\nNow run it and see.\n\n```\ny = 2\n  ```\nDone.\n"
+    assert extract_code(reply) == "x = 1\n\ny = 2"

