@@ -269,6 +269,7 @@ class ImagePolicy:
 
 
 _NO_REMOTE_IMAGES = ImagePolicy(False)
+_BARE_FTP = re.compile(r"ftp://", re.I)
 _BANG = "&#33;"  # "!" that opens no image, in text and in any reading (even after a backslash)
 
 
@@ -511,12 +512,18 @@ def _inline(s: str, a: int, b: int, plan: _Plan, images: ImagePolicy = _NO_REMOT
             if not raw_ok:
                 for m in _TAGLIKE.finditer(content):
                     edits.append((j + m.start(), 1, "&lt;"))
+                for m in _BARE_FTP.finditer(content):
+                    edits.append((j + m.start() + 3, 1, "&#58;"))
                 if not images.all:  # it may be text: no image may open in it
                     k = content.find("![")
                     while k != -1:
                         edits.append((j + k, 1, _BANG))
                         k = content.find("![", k + 2)
             i = close + n
+            continue
+        if c in "fF" and s[i : i + 6].lower() == "ftp://":
+            edits.append((i + 3, 1, "&#58;"))  # marked autolinks bare ftp:// URLs: not a scheme we allow
+            i += 6
             continue
         if c == "!" and i + 1 < b and s[i + 1] == "[" and not images.keeps(s, i, b):
             edits.append((i, 1, _BANG))  # the image shows as the link it would have fetched

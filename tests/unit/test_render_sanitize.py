@@ -323,6 +323,7 @@ def test_specific_rewrites():
     assert sanitize_markdown("[x](\ufeffjavascript:y)") == "[x](#blocked-\ufeffjavascript:y)"
     assert sanitize_markdown("[x](file:///etc/passwd)") == "[x](#blocked-file:///etc/passwd)"
     assert sanitize_markdown("![a](http://evil/?q=S)") == "&#33;[a](http://evil/?q=S)"
+    assert sanitize_markdown("see FTP://host/x") == "see FTP&#58;//host/x"  # marked autolinks bare ftp://
     assert sanitize_markdown("```mermaid\ngraph TD\n```") == "```mermaid-source\ngraph TD\n```"
     assert sanitize_markdown('```py" onclick="x\nc\n```') == "```py onclickx\nc\n```"
     assert sanitize_markdown('![$" onerror="x$](y)') == "&#33;[$&quot; onerror=&quot;x$](y)"
