@@ -280,3 +280,23 @@ def test_a_locked_database_slows_no_stream_and_the_turn_is_saved_when_it_frees(k
         rows = conn.execute("SELECT content FROM messages WHERE thread IN ('lk', 'lk2') ORDER BY thread, seq").fetchall()
     contents = [r[0].strip() for r in rows]
     assert f"held {body}" in contents and f"panel {body}" in contents, contents
+
+
+# -- %reload_ext ----------------------------------------------------------------------------------------
+
+def test_reload_ext_leaves_one_configurable_and_one_open_database(kernel):
+    count_open = ("(lambda p: sum(1 for f in __import__('os').listdir('/proc/self/fd') "
+                  "if __import__('os').path.realpath('/proc/self/fd/' + f) == p))"
+                  "(__import__('os').path.realpath(get_session().conversation.store.path))")
+    kernel.run("%%opchat -t reload\nbefore the reload")
+    before = kernel.value(count_open)
+    assert before >= 1
+    for _ in range(3):
+        kernel.run("%reload_ext opchat_magic")
+    kernel.run("%%opchat -t reload\nafter the reload")  # the new session has restored the thread
+    assert kernel.value(count_open) == before  # the old sessions' connections are closed, not leaked
+    names = kernel.value("[type(c).__name__ for c in get_ipython().configurables "
+                         "if type(c).__name__.startswith('Opchat')]")
+    assert names == ["OpchatSettings"], names
+    assert kernel.value("len(get_session().conversation.thread('reload').messages)") == 4
+    kernel.run("session = get_session()")  # the helpers above use the live session
