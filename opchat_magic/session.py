@@ -128,12 +128,20 @@ class Session:
         """A cell has raised an error since the extension loaded (there is one to explain)."""
         return self.errors is not None and self.errors.last() is not None
 
-    def explain_prompt(self, number: Optional[int] = None):
-        """The request that explains the last error (or cell ``number``'s; negative counts back)."""
+    def explain_prompt(self, number: Optional[int] = None, options=None):
+        """The request that explains the last error (or cell ``number``'s; negative counts back).
+
+        ``options`` (the turn's): an endpoint with a message limit (``provider.input_limit``,
+        or ``input_limit`` in the provider options) gets a request that fits it.
+        """
         from .context.explain import explain_prompt, find_error
 
+        budget = None
+        if options is not None:
+            budget = options.provider_kwargs.get("input_limit") or getattr(options.provider, "input_limit", None)
         current = self.shell.execution_count if self.shell is not None else None
-        return explain_prompt(find_error(self.errors, number, current), cap=self.settings.max_value_chars)
+        return explain_prompt(find_error(self.errors, number, current), cap=self.settings.max_value_chars,
+                              budget=budget or None)
 
     def completed(self, outcome) -> None:
         """A front door reports a turn's outcome; a complete one becomes ``last_reply``."""

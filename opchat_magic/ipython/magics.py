@@ -329,13 +329,14 @@ class OpchatMagics(Magics):
     def _prepare_explain(self, line: str):
         parsed = self._parse(self.opchat_explain, line)
         args = self._parse(self.opchat, "")
-        args.thread, args.model, args.provider, args.system = (parsed.thread, parsed.model, parsed.provider,
-                                                               parsed.system)
-        try:
-            prompt = self.session.explain_prompt(parsed.cell)
+        args.thread, args.model, args.provider, args.system = parsed.thread, parsed.model, parsed.provider, parsed.system
+        request = self._request(args, "")
+        try:  # sized for the endpoint (AI Engine takes 512 characters by default)
+            request.prompt = self.session.explain_prompt(parsed.cell, request.options)
         except OpchatError as exc:  # nothing to explain
             raise UsageError(str(exc)) from None
-        return self._request(args, prompt.text, prompt=prompt)
+        request.text = request.prompt.text
+        return request
 
 
 class _Request:

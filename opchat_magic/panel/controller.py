@@ -186,8 +186,9 @@ class ChatPanel:
     def explain(self):
         """Ask about the last error a cell raised (what "Explain last error" does); the ChatTurn or None."""
         try:
-            prompt = self.session.explain_prompt()
-        except OpchatError as exc:  # no error recorded yet
+            options = self.session.options(provider=self.provider_select.value or None)
+            prompt = self.session.explain_prompt(options=options)
+        except (OpchatError, KeyError, ValueError) as exc:  # no error recorded yet, an unknown provider
             return self.view.set_status(_message(exc), "error")
         return self._send(prompt.text, False, prompt=prompt)
 

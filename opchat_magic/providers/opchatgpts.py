@@ -202,6 +202,7 @@ class Opchatgpts(AsyncGeneratorProvider):
     url = "https://opchatgpts.net"
     working = False
     images_refusal = "AI Engine's chat endpoint (provider opchatgpts)"  # it takes text only
+    input_limit = INPUT_LIMIT  # longest message a default chatbot takes (explain requests fit it)
     supports_message_history = True
     supports_gpt_35_turbo = True
     supports_stream = True

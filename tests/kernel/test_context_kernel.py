@@ -116,6 +116,16 @@ def test_explain_last_error_streams_and_joins_the_thread(kernel, server):
     assert len(server.stats.last_body["messages"]) == 1  # thread "other" was empty
 
 
+def test_explain_fits_ai_engines_message_limit(kernel, server):
+    n = count(kernel.run("def area(r):\n    return 3.14 * r ** 2\narea('2')", check=False))
+    ex = kernel.run("%opchat_explain")  # the default provider: AI Engine, 512 characters a message
+    text = sent(server)
+    assert len(text) <= 512 and text.startswith("Explain this Jupyter error and how to fix it.")
+    assert f"Cell In[{n}]:" in text and "area('2')" in text
+    assert "Error: TypeError: unsupported operand type(s) for ** or pow(): 'str' and 'int'" in text
+    assert "input cut:" in ex.markdown().replace("\\", "")
+
+
 def test_explain_with_no_error_says_so(kernel, server):
     kernel.run("%opchat_reset")
     before = requests(server)

@@ -273,3 +273,23 @@ def test_explain_bounds_and_fences():
     assert [c.what for c in prompt.cuts] == ["In[7]", "Err[7]"]
     assert "````python\nprint('```')" in prompt.text  # a fence longer than the source's own
     assert fence("a ````` b").startswith("``````\n")
+
+
+def test_explain_fits_an_endpoint_limit():
+    source = "".join(f"step_{i} = {i}\n" for i in range(60)) + "result = load('data.csv')\n"
+    frames = "\n".join(f"File lib.py:{i}, in f{i}\n    call()" for i in range(40))
+    traceback = "-" * 75 + "\nFileNotFoundError    Traceback (most recent call last)\n" + frames + \
+        "\nFileNotFoundError: [Errno 2] No such file or directory: 'data.csv'"
+    record = CellError(9, "FileNotFoundError", "[Errno 2] No such file or directory: 'data.csv'", traceback, source)
+    full = explain_prompt(record)
+    assert len(full.text) > 512 and full.cuts == []
+    short = explain_prompt(record, budget=512)
+    text = short.text
+    assert len(text) <= 512, len(text)
+    assert text.startswith("Explain this Jupyter error and how to fix it.")
+    assert "Error: FileNotFoundError: [Errno 2] No such file or directory: 'data.csv'" in text
+    assert "step_0 = 0" in text and "-" * 75 not in text
+    assert text.rstrip("`\n").endswith("No such file or directory: 'data.csv'")  # the traceback's end is kept
+    assert [c.what for c in short.cuts] == ["In[9]", "Err[9]"] and "input cut" in short.notice
+    # Under the limit nothing changes.
+    assert explain_prompt(record, budget=100_000).text == full.text
