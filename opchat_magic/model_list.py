@@ -64,7 +64,9 @@ async def model_listing(settings, provider: Optional[str] = None) -> ModelListin
     cls = provider_class(name)
     kwargs = dict(settings.provider_options)
     kwargs.setdefault("connect_timeout", settings.connect_timeout)
-    kwargs.setdefault("read_timeout", min(settings.read_timeout, LISTING_TIMEOUT))
+    # read_timeout None: the provider's own default (AI Engine's is long); a listing is short either way.
+    read = settings.read_timeout
+    kwargs.setdefault("read_timeout", LISTING_TIMEOUT if read is None else min(read, LISTING_TIMEOUT))
     endpoint = provider_endpoint(settings, name)
     if endpoint:
         kwargs.setdefault(getattr(cls, "url_kwarg", "url"), endpoint)

@@ -76,7 +76,10 @@ def test_recorder_syntax_and_usage_errors(shell):
 
 def test_recorder_skips_opchat_cells_and_unregisters(shell):
     shell.register_magic_function(lambda line: 1 / 0, "line", "opchat_broken")
-    run(shell, "%opchat_broken")
+    try:
+        run(shell, "%opchat_broken")
+    finally:  # the shell is shared with other test modules
+        del shell.magics_manager.magics["line"]["opchat_broken"]
     log = cell_errors.error_log(shell)
     assert len(log) == 0
     assert cell_errors.install(shell) is log  # idempotent: one hook
