@@ -272,3 +272,22 @@ def test_panel_resolves_references_and_explains_the_last_error(kernel, server):
     assert text.startswith("Explain the error") and f"Cell In[{e}]" in text and "KeyError: 'missing'" in text
     assert "Explain the error" in kernel.value("panel.transcript_markdown()")
     kernel.run("panel.close()")
+
+
+def test_interrupting_a_one_line_question_closes_the_connection(kernel, server):
+    """The one-line form runs as an awaited task in ipykernel, like a %%opchat cell."""
+    disconnects = server.stats.disconnects
+    execution = kernel.submit("%opchat long one? [[chunks:400]] [[delay:0.05]]")
+    seen, interrupted_at = [], []
+
+    def on_message(msg):
+        seen.append(msg)
+        if len(seen) == 3 and not interrupted_at:
+            interrupted_at.append(time.monotonic())
+            kernel.interrupt()
+
+    kernel.collect(execution, timeout=60, on_message=on_message)
+    assert interrupted_at and execution.error["ename"] == "StoppedError", execution.error
+    stats = server.wait_for(lambda st: st.disconnects > disconnects, timeout=3)
+    assert stats.disconnect_events[-1]["at"] - interrupted_at[0] < 1.0
+    assert kernel.value("session.thread().last_failed.status") == "stopped"

@@ -41,3 +41,24 @@ def test_terminal_ipython_prints_the_stream(tmp_path):
     assert "RESULT True" in out, out
     assert " ".join(expected.split()) in " ".join(out.split())
     assert first_at is not None and streams_at_first == 0, "the reply only appeared after the stream ended"
+
+
+def test_terminal_one_line_question_reaches_the_model(tmp_path):
+    """In terminal IPython a line ending in '?' would be a help request; typed in a real terminal
+    (tmux), the question reaches the server and its reply prints."""
+    from opchat_magic.testing.terminal import TerminalIPython
+
+    with LocalServer(delay=0.0) as server:
+        term = TerminalIPython(env={"IPYTHONDIR": str(tmp_path / "ipy"), "OPCHAT_HISTORY_DB": str(tmp_path / "h.db")})
+        try:
+            term.run("%load_ext opchat_magic")
+            term.run(f"%config OpchatMagics.url = {server.url!r}")
+            term.run("1/0")
+            shown = term.run("%opchat What is a monad?")
+            assert server.stats.last_body["newMessage"] == "What is a monad?"
+            assert "Echo: What is a monad?" in shown and "not found" not in shown, shown
+            shown = term.run("%opchat_explain")
+            assert "ZeroDivisionError" in server.stats.last_body["newMessage"], server.stats.last_body
+            assert "Echo: Explain " in shown, shown
+        finally:
+            term.close()
