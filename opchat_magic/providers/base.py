@@ -41,6 +41,11 @@ class Usage:
     # Of completion_tokens, how many were reasoning (OpenAI's
     # usage.completion_tokens_details.reasoning_tokens; some servers put it at the top level).
     reasoning_tokens: Optional[int] = None
+    # AI Engine's own figures (its end payload's usage): the cost it computed (often null),
+    # how many model queries the turn took, and whether the counts are "estimated" or exact.
+    price: Optional[float] = None
+    queries: Optional[int] = None
+    accuracy: Optional[str] = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Optional["Usage"]:
@@ -56,6 +61,12 @@ class Usage:
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else data.get("reasoning_tokens")
         if isinstance(reasoning, int) and not isinstance(reasoning, bool):
             usage.reasoning_tokens = reasoning
+        price = data.get("price")
+        if isinstance(price, (int, float)) and not isinstance(price, bool):
+            usage.price = price
+        usage.queries = num("queries")
+        if isinstance(data.get("accuracy"), str):
+            usage.accuracy = data["accuracy"]
         if usage.total_tokens is None and None not in (usage.prompt_tokens, usage.completion_tokens):
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         return usage

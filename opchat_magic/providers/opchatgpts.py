@@ -465,6 +465,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                 if first is not None:  # not labelled an event stream: its first bytes decide
                     first = await cls._sniff_body(response, url, req, secrets, reply, first)
                     if first is None:  # a complete non-streamed answer, now in reply.final
+                        cls._refuse_empty(reply.final, reply, url, req)
                         cls._keep_new_token(req, reply.final)
                         text = reply.final.get("reply")
                         if text:
@@ -510,6 +511,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                             final = cls._parse_end(obj, data, url, secrets)
                             if ignored:
                                 final["_ignored_events"] = ignored
+                            cls._refuse_empty(final, reply, url, req)
                             reply.final = final
                             reply.usage = Usage.from_dict(final.get("usage"))
                             reply.complete = True
@@ -536,6 +538,32 @@ class Opchatgpts(AsyncGeneratorProvider):
             if not getattr(exc, "partial", ""):
                 exc.partial = reply.text
             raise
+
+    @staticmethod
+    def _refuse_empty(final: dict, reply: Reply, url: str, req: _Request) -> None:
+        """A successful end with no text at all is not a reply.
+
+        AI Engine reports ``success: true`` with an empty reply when its model
+        server answered 200 with nothing usable (an empty body, a web page, a
+        stream that never said anything): the site hides the failure, so it is
+        named here rather than stored as an empty answer.
+        """
+        if reply.chunks or final.get("reply") or final.get("images"):
+            return
+        from ..errors import EmptyReplyError
+
+        reply.complete = False
+        reply.final = final
+        new = req.payload.get("newMessage") or ""
+        history = req.payload.get("messages") or []
+        chars = len(new) + sum(len(m.get("content") or "") for m in history if isinstance(m.get("content"), str))
+        raise EmptyReplyError(
+            f"{url} reported success with an empty reply: the site's model server answered without any "
+            f"text (AI Engine hides such upstream failures: an empty or non-chat answer, or a prompt over "
+            f"the model's context; the request had {len(history) + 1} messages, {chars:,} characters). "
+            f"Check the chatbot's model settings on the site, or send less history.",
+            messages=len(history) + 1, chars=chars, tokens=(chars + 3) // 4,
+        )
 
     @classmethod
     def _keep_new_token(cls, req: _Request, final: Optional[dict]) -> None:

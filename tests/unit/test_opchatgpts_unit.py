@@ -957,3 +957,20 @@ async def test_json_answer_broken_off(mocked, monkeypatch):
     monkeypatch.setattr(aiohttp.StreamReader, "readany", readany)
     with pytest.raises(TruncatedStreamError, match="broke mid-stream"):
         await run()
+
+
+@pytest.mark.parametrize("body", [sse(end("")), b'{"success": true, "reply": "", "images": null}'])
+async def test_success_with_an_empty_reply_is_an_error(mocked, body):
+    from opchat_magic.errors import EmptyReplyError
+
+    serve(mocked, body=body, content_type=SSE if body.startswith(b"data") else "application/json")
+    stream = Opchatgpts.create_async_generator("", MSGS, url=BASE)
+    with pytest.raises(EmptyReplyError, match="empty reply") as info:
+        [c async for c in stream]
+    assert not stream.reply.complete and info.value.messages == 1
+
+
+async def test_an_empty_end_after_text_is_fine(mocked):
+    serve(mocked, body=sse(live("Hi"), end("")))
+    chunks, reply = await run()
+    assert chunks == ["Hi"] and reply.complete

@@ -231,6 +231,27 @@ async def test_upstream_error_event_mid_stream_ends_as_a_success(site, upstream)
     assert len(chunks) == 3 and reply.final["reply"] == "".join(chunks).strip()
 
 
+@pytest.mark.parametrize("fault", ["empty_body", "html"])
+async def test_upstream_answering_nothing_is_an_empty_reply_error(site, upstream, fault):
+    # The plugin reports success with reply "" when its model server answers 200 with
+    # no chat stream (an empty body, a web page): the provider names it instead.
+    from opchat_magic.errors import EmptyReplyError
+
+    upstream.set_fault(fault)
+    stream = Opchatgpts.create_async_generator("", [{"role": "user", "content": "hello"}], url=site.url)
+    with pytest.raises(EmptyReplyError, match="empty reply"):
+        [c async for c in stream]
+    assert stream.reply.final["success"] is True and stream.reply.final["reply"] == ""
+
+
+async def test_upstream_stream_without_finish_ends_as_a_success(site, upstream):
+    # Another plugin fact: an upstream stream that stops without finish_reason/[DONE]
+    # is reported as a complete reply (the text so far); the client cannot tell.
+    upstream.set_fault("no_end")
+    chunks, reply = await ask(site.url, [{"role": "user", "content": "noend [[chunks:4]]"}])
+    assert reply.complete and len(chunks) == 4
+
+
 async def test_upstream_drop_mid_stream(site, upstream):
     upstream.set_fault("disconnect")
     stream = Opchatgpts.create_async_generator("", [{"role": "user", "content": "Tell me [[chunks:20]]"}],
@@ -241,7 +262,8 @@ async def test_upstream_drop_mid_stream(site, upstream):
             chunks.append(chunk)
     assert chunks, "the live chunks before the drop reach the caller"
     assert not stream.reply.complete
-    assert "cURL error 18" in str(info.value) or "transfer closed" in str(info.value), str(info.value)
+    # The upstream's cURL error, prefixed with the site's name for the model environment.
+    assert "opchat local: cURL error 18: transfer closed" in str(info.value), str(info.value)
 
 
 # --------------------------------------------------------------------------- where the endpoint is
