@@ -543,3 +543,12 @@ async def test_failover_passes_reasoning_through():
         assert got == expected and (type(got[0]) is Reasoning) == wanted
         assert stream.reply.reasoning == "r" and stream.reply.text == "t"
         assert stream.reply.endpoint == BASE + "/chat/completions" and stream.reply.model == "m-served"
+
+
+def test_public_url_drops_credentials_and_queries():
+    from opchat_magic.providers.http import public_url
+
+    assert public_url("http://127.0.0.1:8080/v1/chat/completions") == "http://127.0.0.1:8080/v1/chat/completions"
+    assert public_url("https://user:secret@host.example/v1/x") == "https://host.example/v1/x"
+    assert public_url("https://host.example/openai/deployments/d/chat?api-version=1&api-key=k") == \
+        "https://host.example/openai/deployments/d/chat?..."
