@@ -16,13 +16,15 @@ where it is used, through ``session.settings``.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 from traitlets.config import Configurable
 
 from .errors import OpchatError
-from .turn import TurnOptions
+
+if TYPE_CHECKING:  # turn.py (and the loop, providers) load on the first turn, not at %load_ext
+    from .turn import TurnOptions
 
 __all__ = ["OpchatSettings", "SettingsError", "turn_options", "CONFIG_SECTION"]
 
@@ -125,6 +127,8 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
     ``endpoints``, else its default and environment (an AI Engine URL means
     nothing to Ollama). The reply's footer names the endpoint used.
     """
+    from .turn import TurnOptions
+
     chosen = provider or None
     cls = provider_class(chosen or settings.provider)
     if settings.failover:
