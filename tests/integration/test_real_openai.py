@@ -195,6 +195,38 @@ async def test_interrupt_closes_the_connection(model):
         await relay.stop()
 
 
+async def test_a_second_request_never_passes_off_a_cut_reply_as_complete(model):
+    """llama-cpp-python cuts a running stream with a bare [DONE] when another request arrives.
+
+    Whatever the server does (queue, batch, cut), each reply is either complete
+    with a finish_reason or a TruncatedStreamError that keeps its partial text.
+    """
+    from opchat_magic.errors import TruncatedStreamError
+
+    long = [{"role": "user", "content": "Count from 1 to 100, one number per line."}]
+
+    async def one(delay):
+        await asyncio.sleep(delay)
+        stream = OpenAICompatible.create_async_generator(model, long, **kwargs(temperature=0, max_tokens=200))
+        got = []
+        try:
+            async with stream:
+                async for text in stream:
+                    got.append(text)
+        except TruncatedStreamError as exc:
+            return "cut", exc, "".join(got), stream.reply
+        return "complete", None, "".join(got), stream.reply
+
+    first, second = await asyncio.gather(one(0), one(0.5))
+    for outcome, exc, text, reply in (first, second):
+        if outcome == "complete":
+            assert reply.complete and reply.finish_reason in ("stop", "length"), reply.final
+        else:
+            assert "cut the reply off" in str(exc) or "broke" in str(exc), str(exc)
+            assert exc.partial == text and not reply.complete
+    print(f"\nconcurrent requests: first {first[0]} ({len(first[2])} chars), second {second[0]} ({len(second[2])} chars)")
+
+
 async def test_context_overflow_is_explained(model):
     """A prompt far beyond any small model's context: a typed error that says why, never a silent cut."""
     huge = [{"role": "user", "content": ("lorem ipsum dolor sit amet " * 40_000) + "\nSummarise."}]

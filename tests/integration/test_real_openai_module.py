@@ -31,11 +31,11 @@ def run_module(env_extra):
 def test_skips_with_the_reason_when_unset():
     done = run_module({})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 skipped" in done.stdout and "set OPCHAT_REAL_OPENAI_URL" in done.stdout
+    assert "8 skipped" in done.stdout and "set OPCHAT_REAL_OPENAI_URL" in done.stdout
 
 
 def test_passes_against_our_own_server():
     with LocalServer(delay=0.01, chunk_size=5) as server:
         done = run_module({"OPCHAT_REAL_OPENAI_URL": server.openai_base_url})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "7 passed" in done.stdout
+    assert "8 passed" in done.stdout
