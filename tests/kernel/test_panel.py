@@ -283,3 +283,16 @@ def test_panel_shows_how_long_it_has_waited_for_the_first_chunk(kernel, server):
     shown = kernel.value("shown(panel)")
     assert flat(reply_text(user("slow")))[:20] in shown and "waiting for the first chunk" not in shown
     assert kernel.value("panel.status_text").startswith("✓")
+
+
+def test_stop_while_waiting_for_the_first_chunk(kernel, server):
+    before = server.stats.disconnects
+    kernel.run("_chat = panel.send('slow [[fault:slow_first_byte]]')")
+    wait_for(kernel, "'waiting for the first chunk' in shown(panel)", timeout=10)
+    kernel.run("panel.stop()")
+    wait_idle(kernel, timeout=3)  # well before the server's 3 s wait is over
+    server.wait_for(lambda st: st.disconnects > before, timeout=3)
+    shown = kernel.value("shown(panel)")
+    assert "waiting for the first chunk" not in shown and "stopped before any reply arrived" in shown
+    assert kernel.value("panel.thread.last_failed.status") == "stopped"
+    assert "Stopped" in kernel.value("panel.status_text")
