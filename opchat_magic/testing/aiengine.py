@@ -74,11 +74,12 @@ def find_archive() -> Optional[Path]:
     if given:
         path = Path(given).expanduser()
         return path if path.is_file() else None
-    repo = Path(__file__).resolve().parents[2]
-    for folder in repo.parents:
-        candidate = folder / "shared" / "peers" / ARCHIVE_NAME
-        if candidate.is_file():
-            return candidate
+    # The clone this module lives in (an editable install), else the working directory.
+    for start in (Path(__file__).resolve().parents[2], Path.cwd().resolve()):
+        for folder in start.parents:
+            candidate = folder / "shared" / "peers" / ARCHIVE_NAME
+            if candidate.is_file():
+                return candidate
     return None
 
 
