@@ -33,18 +33,22 @@ MESSAGE = "Hello there"
 
 def contenders(url: str):
     base = url + "/v1"
+    load = ("import time as _t\n_t0 = _t.perf_counter()\nget_ipython().run_line_magic('load_ext', 'opchat_magic')\n"
+            "_load = _t.perf_counter() - _t0\n")
     yield ("opchat (AI Engine)",
-           f"%load_ext opchat_magic\n%config OpchatMagics.url = {url!r}\n%config OpchatMagics.persist = False",
+           load + f"%config OpchatMagics.url = {url!r}\n%config OpchatMagics.persist = False",
            f"%%opchat\n{MESSAGE}")
     yield ("opchat (openai provider)",
-           "%load_ext opchat_magic\n%config OpchatMagics.provider = 'openai'\n"
+           load + "%config OpchatMagics.provider = 'openai'\n"
            f"%config OpchatMagics.url = {base!r}\n%config OpchatMagics.model = 'opchat-local'\n"
            "%config OpchatMagics.persist = False",
            f"%%opchat\n{MESSAGE}")
     if importlib.util.find_spec("chatlas") is not None:
-        yield ("chatlas (ChatOpenAI)",
-               "from chatlas import ChatOpenAI\n"
-               f"chat = ChatOpenAI(base_url={base!r}, api_key='x', model='opchat-local')",
+        # ChatOpenAI speaks the Responses API; chat completions is ChatOpenAICompletions.
+        yield ("chatlas (ChatOpenAICompletions)",
+               "import time as _t\n_t0 = _t.perf_counter()\nfrom chatlas import ChatOpenAICompletions\n"
+               "_load = _t.perf_counter() - _t0\n"
+               f"chat = ChatOpenAICompletions(base_url={base!r}, api_key='x', model='opchat-local')",
                f"chat.chat({MESSAGE!r})")
 
 
@@ -87,27 +91,29 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     kernel.run(setup, timeout=120)
                     setup_time = time.perf_counter() - t0
+                    load_time = kernel.value("_load")
                     time.sleep(args.pause)
                     ex = kernel.run(cell, timeout=120)
                     first = ex.finished - ex.started
                     again = kernel.run(cell, timeout=120)
                     second = again.finished - again.started
-                results.setdefault(name, []).append((setup_time, first, second))
+                results.setdefault(name, []).append((setup_time, first, second, load_time))
 
     print(f"\nFirst reply cell after loading: median of {args.rounds} fresh kernels each, "
           f"{args.pause:.1f} s pause after the setup cell\n")
-    print("| contender | setup cell | first reply cell | second reply cell | server's own time | "
-          "first cell overhead |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| contender | %load_ext / import | setup cell | first reply cell | second reply cell | "
+          "server's own time | first cell overhead |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
         setup = statistics.median(r[0] for r in rows)
         first = statistics.median(r[1] for r in rows)
         second = statistics.median(r[2] for r in rows)
         own_time = own["aiengine"] if "AI Engine" in name else own["openai"]
-        print(f"| {name} | {setup * 1000:.0f} ms | {first * 1000:.0f} ms | {second * 1000:.0f} ms | "
+        load = statistics.median(r[3] for r in rows)
+        print(f"| {name} | {load * 1000:.0f} ms | {setup * 1000:.0f} ms | {first * 1000:.0f} ms | {second * 1000:.0f} ms | "
               f"{own_time * 1000:.0f} ms | {(first - own_time) * 1000:.0f} ms |")
     if importlib.util.find_spec("chatlas") is None:
-        print("| chatlas | not installed (pip install chatlas) | | | | |")
+        print("| chatlas | not installed (pip install chatlas) | | | | | |")
     return 0
 
 

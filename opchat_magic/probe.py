@@ -112,9 +112,11 @@ async def _ask(candidate: Candidate, host: str) -> Optional[Found]:
     return None if models is None else Found(candidate, models)
 
 
-async def probe(candidates: Sequence[Candidate] = CANDIDATES, *, timeout: float = 0.3,
+async def probe(candidates: Optional[Sequence[Candidate]] = None, *, timeout: float = 0.3,
                 host: str = "127.0.0.1", skip_ports: Sequence[int] = ()) -> List[Found]:
-    """The candidates that answer as model servers, in ``candidates`` order, within ``timeout`` in all."""
+    """The candidates (default: :data:`CANDIDATES`, read at call time so tests can swap it)
+    that answer as model servers, in order, within ``timeout`` in all."""
+    candidates = CANDIDATES if candidates is None else candidates
     wanted = [c for c in candidates if c.port not in set(skip_ports)]
     if not wanted:
         return []
@@ -127,7 +129,7 @@ async def probe(candidates: Sequence[Candidate] = CANDIDATES, *, timeout: float 
     return [t.result() for t in tasks if t in done and not t.cancelled() and t.exception() is None and t.result()]
 
 
-def probe_sync(candidates: Sequence[Candidate] = CANDIDATES, *, timeout: float = 0.3,
+def probe_sync(candidates: Optional[Sequence[Candidate]] = None, *, timeout: float = 0.3,
                host: str = "127.0.0.1", skip_ports: Sequence[int] = ()) -> List[Found]:
     """:func:`probe` from synchronous code (a cell): run on opchat-magic's private loop."""
     from .loop import get_loop

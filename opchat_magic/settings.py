@@ -158,4 +158,12 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
         footer=settings.footer,
         interval=settings.update_interval,
         retryable=retryable,
+        provider_name=_registered_name(cls, chosen or settings.provider),
     )
+
+
+def _registered_name(cls, asked: str) -> str:
+    """The name the footer shows: the registry's for this class, else what was asked for."""
+    from .providers.registry import name_of
+
+    return name_of(cls) or asked.strip().lower()

@@ -62,6 +62,7 @@ class TurnOptions:
     footer: bool = True  # tokens and timings under the reply
     interval: float = 0.05  # seconds between re-renders of the growing block
     retryable: bool = True  # False for a --no-history turn: its thread is thrown away
+    provider_name: str = ""  # the provider's registered name (the footer shows it)
 
 
 def retry_command(thread_name: str) -> str:
@@ -81,6 +82,7 @@ class Outcome:
     chars: int = 0  # characters that arrived
     footer: str = ""  # the line under a complete reply (render/footer.py), notes included
     saved: bool = True  # False: the history write was still waiting when the turn was shown
+    advice: Any = None  # unreachable.Advice when nothing answered: the one message a user reads
 
     @property
     def complete(self) -> bool:
@@ -95,7 +97,23 @@ class Outcome:
         again = f"`{self.retry}` sends it again." if self.retry else "Run the cell again to resend it."
         if self.stopped:
             return f"■ Stopped: what arrived is kept above. {again}"
+        if self.advice is not None:
+            again = f"Then run the cell again ({self.retry} resends it)." if self.retry else "Then run the cell again."
+            return f"{self.advice.text}\n{again}"
         return f"{type(self.error).__name__}: {self.message}\n{again}"
+
+
+def _unreachable(options: TurnOptions, outcome: Outcome) -> Optional[tuple]:
+    """(error, url) when a turn failed because nothing answered and nothing arrived (then: advice)."""
+    from .unreachable import is_unreachable
+
+    if outcome.complete or outcome.stopped or outcome.chars or outcome.error is None:
+        return None
+    if not is_unreachable(outcome.error):
+        return None
+    url = getattr(outcome.error, "url", "") or options.provider_kwargs.get(
+        getattr(options.provider, "url_kwarg", "url"), "")
+    return outcome.error, url
 
 
 class ChatTurn:
@@ -269,7 +287,7 @@ class ChatTurn:
         if outcome.complete:
             renderer.finish(footer if self.options.footer else None)
         else:
-            renderer.fail(outcome.message, stopped=outcome.stopped)
+            renderer.fail(outcome.message, stopped=outcome.stopped, advice=outcome.advice)
 
     # -- the drivers -------------------------------------------------------------------
     def _feed(self, renderer) -> None:
@@ -283,13 +301,32 @@ class ChatTurn:
         self._feed(renderer)
         renderer.tick()
 
-    def _finish(self, renderer, saved: bool) -> Outcome:
+    def _footer(self, saved: bool) -> str:
+        """The footer line of the completed reply (render/footer.py: one format for cell and panel)."""
         from .render.footer import footer_text
 
+        reply = self.reply
+        # A failover provider answers with one of its members: name the one that answered.
+        own = getattr(reply, "provider", "") == getattr(self.options.provider, "__name__", None)
+        return footer_text(reply, provider=self.options.provider_name if own else "",
+                           notes=self.notes + ([] if saved else [NOT_SAVED_YET]))
+
+    def _finish(self, renderer, saved: bool, found=None) -> Outcome:
+        """Conclude, then render the end: the footer, or the failure (with advice when nothing answered).
+
+        ``found``: local servers already probed (the async driver probes off its loop); None probes here.
+        """
         outcome = self.conclude()
         if outcome.complete:
             outcome.saved = saved
-            outcome.footer = footer_text(outcome.reply, notes=self.notes + ([] if saved else [NOT_SAVED_YET]))
+            outcome.footer = self._footer(saved)
+        elif outcome.advice is None and _unreachable(self.options, outcome) is not None:
+            from .unreachable import advise, probe_for
+
+            error, url = _unreachable(self.options, outcome)
+            if found is None:
+                found = probe_for(error, url)
+            outcome.advice = advise(error, url, provider=self.options.provider_name, found=found)
         self.render(renderer, outcome, outcome.footer or None)
         return outcome
 
@@ -359,4 +396,13 @@ class ChatTurn:
                 saved = await loop.run_in_executor(None, self.thread.wait_saved, SAVE_GRACE)
             except asyncio.CancelledError:
                 saved = False
-        return self._finish(renderer, saved)
+        found = None
+        unreachable = _unreachable(self.options, self.conclude())
+        if unreachable is not None:
+            from .unreachable import probe_for_async
+
+            try:  # on the private loop, bounded (0.3 s)
+                found = await probe_for_async(*unreachable)
+            except asyncio.CancelledError:  # interrupted while looking: say it without the servers
+                found = []
+        return self._finish(renderer, saved, found)

@@ -22,6 +22,7 @@ The front door shows ``advice`` once (no second traceback box).
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .probe import CANDIDATES, Found
 
-__all__ = ["Advice", "advise", "is_unreachable", "probe_for", "LOCAL_HOSTS"]
+__all__ = ["Advice", "advise", "is_unreachable", "probe_for", "probe_for_async", "LOCAL_HOSTS"]
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
 GONE_HOSTS = ("opchatgpts.net",)
@@ -150,10 +151,8 @@ def advise(error: BaseException, url: str = "", provider: str = "", found: Seque
                 f"opchat-magic serve --port {port}")
         else:
             command = "opchat-magic serve" if port in (None, 8765) else f"opchat-magic serve --port {port}"
-            say(f"Start the local server in a terminal: `{command}` (an echo server for trying things out), "
-                "then run this cell again.",
-                f"Start the local server in a terminal: {command}  (an echo server for trying things out), "
-                "then run this cell again.")
+            say(f"Start the local server in a terminal: `{command}` (an echo server for trying things out).",
+                f"Start the local server in a terminal: {command}  (an echo server for trying things out).")
     elif dns:
         kind = "dns"
         title = f"Cannot find the host {host or url} (DNS lookup failed)."
@@ -197,7 +196,6 @@ def advise(error: BaseException, url: str = "", provider: str = "", found: Seque
             say("Other ways:", "Other ways:")
         md.append("\n".join(f"- {w}" for w in ways))
         txt.append("\n".join("  - " + re.sub(r"`", "", w) for w in ways))
-    say("Then run the cell again (`%opchat_retry` resends it).", "Then run the cell again (%opchat_retry resends it).")
     return Advice(title=title, markdown="\n\n".join(md), text="\n".join(txt), kind=kind, found=found)
 
 
@@ -205,6 +203,26 @@ def probe_for(error: BaseException, url: str = "", timeout: float = 0.3) -> List
     """Probe the usual local ports, except the one that just failed."""
     from .probe import probe_sync
 
+    return probe_sync(timeout=timeout, skip_ports=_skip_ports(error, url))
+
+
+def _skip_ports(error: BaseException, url: str) -> List[int]:
     url = _error_url(error, url)
-    skip = [_port(url)] if _host(url) in LOCAL_HOSTS and _port(url) else []
-    return probe_sync(timeout=timeout, skip_ports=skip)
+    return [_port(url)] if _host(url) in LOCAL_HOSTS and _port(url) else []
+
+
+async def probe_for_async(error: BaseException, url: str = "", timeout: float = 0.3) -> List[Found]:
+    """:func:`probe_for` from a coroutine: on the private loop (the panel) or any other (an awaited cell)."""
+    from .loop import get_loop
+    from .probe import probe
+
+    loop = get_loop()
+    coro = probe(timeout=timeout, skip_ports=_skip_ports(error, url))
+    try:
+        if loop.in_loop_thread():
+            return await coro
+        return await asyncio.wrap_future(loop.submit(coro).future)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a probe must never turn one failure into two
+        return []

@@ -462,22 +462,23 @@ class Thread:
 
     # -- export ------------------------------------------------------------
     def to_markdown(self) -> str:
-        """A readable transcript: the system prompt, each turn, and the failed turn marked."""
+        """A readable transcript: the system prompt, each turn (a rule between turns), the failed turn marked."""
         parts = []
         if self.system:
             parts.append(f"**System:**\n\n{self.system}")
         for turn in self.turns:
-            parts.append(f"**You:**\n\n{turn.user}")
+            said = [f"**You:**\n\n{turn.user}"]
             if turn.images:
-                parts.append("*(images: " + ", ".join(i.get("source") or i.get("mime", "image")
-                                                     for i in turn.images) + ")*")
+                said.append("*(images: " + ", ".join(i.get("source") or i.get("mime", "image")
+                                                   for i in turn.images) + ")*")
             if turn.status == "complete":
-                parts.append(f"**Assistant:**\n\n{turn.reply}")
-                continue
-            why = "stopped" if turn.status == "stopped" else f"failed: {turn.error or 'unknown error'}"
-            note = f"**Assistant** *({why}; not part of the history sent to the model, can be retried)*:"
-            parts.append(f"{note}\n\n{turn.reply}" if turn.reply else note)
-        return "\n\n".join(parts) + ("\n" if parts else "")
+                said.append(f"**Assistant:**\n\n{turn.reply}")
+            else:
+                why = "stopped" if turn.status == "stopped" else f"failed: {turn.error or 'unknown error'}"
+                note = f"**Assistant** *({why}; not part of the history sent to the model, can be retried)*:"
+                said.append(f"{note}\n\n{turn.reply}" if turn.reply else note)
+            parts.append("\n\n".join(said))
+        return "\n\n---\n\n".join(parts) + ("\n" if parts else "")
 
     def to_json(self) -> Dict[str, Any]:
         failed = self._failed

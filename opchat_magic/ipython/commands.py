@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 from IPython.core.error import UsageError
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from ..errors import OpchatError, redact
 from .quiet import quiet
@@ -31,14 +31,23 @@ HELP = """\
 
 def run_command(word: str, settings) -> None:
     """Show what ``word`` asks for (``models`` is the magics' own: it needs the loop and the endpoint)."""
-    if word == "providers":
-        from ..providers.registry import providers_table
+    # Tables with a text/plain form too: terminal IPython prints them aligned (render/tables.py).
+    from ..render.tables import Table, Text
 
-        display(Markdown(providers_table()))
+    if word == "providers":
+        from ..providers.registry import available
+
+        rows = [[p.name, "yes" if p.working else "no", p.default_model or "", p.url or "",
+                 p.error or (p.cls.__module__ + "." + p.cls.__qualname__ if p.cls else "")]
+                for p in available()]
+        display(Table(["name", "working", "default model", "base URL", "class"], rows,
+                      code=["name", "class"], title="Providers (%config OpchatMagics.provider = NAME)"))
     elif word == "config":
-        display(Markdown(settings.describe()))
+        names = sorted(settings.trait_names(config=True))
+        display(Table(["setting", "value"], [[n, repr(getattr(settings, n))] for n in names],
+                      code=["setting", "value"], title="Settings (%config OpchatMagics.NAME = VALUE)"))
     else:  # help
-        display(Markdown(HELP))
+        display(Text(HELP))
 
 
 def show_models(settings, provider: Optional[str]) -> None:

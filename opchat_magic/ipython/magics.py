@@ -18,6 +18,7 @@ raise ``UsageError`` for misuse.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Optional
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from .commands import run_command, show_models
 from .quiet import quiet as _quiet
@@ -224,34 +225,30 @@ class OpchatMagics(Magics):
         args = self._parse(self.opchat_history, line)
         thread = self._thread(args.thread, create=False)
         if args.export:
-            path = Path(args.export.strip("'\"")).expanduser()
-            if path.suffix.lower() == ".json":
-                path.write_text(json.dumps(thread.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
-            elif path.suffix.lower() in (".md", ".markdown"):
-                path.write_text(thread.to_markdown(), encoding="utf-8")
-            else:
-                raise UsageError(f"--export writes .md or .json files, not {path.name!r}.")
-            print(f"opchat: thread {thread.name!r} written to {path}")
+            export_thread(thread, args.export)
             return
         from ..render import sanitize_markdown
+        from ..render.tables import Text, transcript_text
 
         transcript = thread.to_markdown()
-        display(Markdown(sanitize_markdown(transcript) if transcript.strip() else f"*Thread {thread.name!r} is empty.*"))
+        if not transcript.strip():
+            display(Text(f"*Thread {escape_md(thread.name)} is empty.*", f"Thread {thread.name!r} is empty."))
+            return
+        display(Text(sanitize_markdown(transcript), transcript_text(thread)))
 
     @line_magic("opchat_threads")
     def opchat_threads(self, line):
         """List this notebook's threads."""
-        from ..render import escape_text
+        from ..render.tables import Table
 
-        rows = ["| thread | messages | last turn |", "|---|---|---|"]
+        rows = []
         for name in self.conversation.threads():
             thread = self.conversation.thread(name)
             failed = thread.last_failed
             state = f"{failed.status} (retry with %opchat_retry -t {name})" if failed else "ok"
             mark = " (default)" if name == self.settings.thread else ""
-            # Thread names are user text (and come back from the store): escape them.
-            rows.append(f"| {escape_text(name)}{mark} | {len(thread.messages)} | {escape_text(state)} |")
-        display(Markdown("\n".join(rows)))
+            rows.append([name + mark, len(thread.messages), state])
+        display(Table(["thread", "messages", "last turn"], rows, empty="No threads yet."))
 
     @magic_arguments()
     @argument("-t", "--thread", help="Thread whose last failed turn to send again.")
@@ -351,6 +348,42 @@ class _Request:
 
 
 
+def export_thread(thread, target: str) -> None:
+    """`%opchat_history --export FILE`: a .md or .json file; a clear UsageError when it cannot be written."""
+    path = Path(target.strip("'\"")).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(thread.to_json(), indent=2, ensure_ascii=False)
+    elif suffix in (".md", ".markdown"):
+        text = thread.to_markdown()
+    else:
+        raise UsageError(f"--export writes .md or .json files, not {path.name!r}.")
+    if not path.parent.is_dir():
+        raise UsageError(f"--export: cannot write {path}: the folder {path.parent} does not exist.")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--export: cannot write {path}: {exc.strerror or exc}.") from None
+    print(f"opchat: thread {thread.name!r} written to {path}")
+
+
+def escape_md(text: str) -> str:
+    from ..render import escape_text
+
+    return escape_text(text)
+
+
+def _clean_help(magic, usage_prefix: str) -> None:
+    """magic_arguments writes help as reStructuredText (``::``, double backticks) with a ``%name``
+    usage line; make it read as plain text, and name a cell magic ``%%name``."""
+    doc = magic.__doc__ or ""
+    doc = re.sub(r"^::\n\n  %", "Usage: " + usage_prefix, doc)
+    magic.__doc__ = doc.replace("``", "`")
+    parser = getattr(magic, "parser", None)
+    if parser is not None and usage_prefix == "%%":
+        parser.prog = "%%" + parser.prog.lstrip("%")
+
+
 def extract_code(markdown: str) -> str:
     """The reply's fenced code blocks, joined: what `-f code` puts in the next cell."""
     from ..render import code_blocks  # what CommonMark reads as code, by the renderer's own splitter
@@ -368,6 +401,14 @@ def _plain(exc: BaseException) -> str:
     return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
 
 
+for _magic, _prefix in ((OpchatMagics.opchat, "%%"), (OpchatMagics.opchat_reset, "%"),
+                        (OpchatMagics.opchat_history, "%"), (OpchatMagics.opchat_retry, "%"),
+                        (OpchatMagics.opchat_panel, "%"), (OpchatMagics.opchat_explain, "%")):
+    _clean_help(_magic, _prefix)
+OpchatMagics.opchat_line.__doc__ = ("Usage: %opchat [flags] MESSAGE | %opchat providers | %opchat config | "
+                                    "%opchat models [NAME] | %opchat help\n\n" + OpchatMagics.opchat_line.__doc__)
+
+
 # -- wiring into IPython -------------------------------------------------------
 
 def load_ipython_extension(ipython) -> None:
@@ -382,6 +423,52 @@ def load_ipython_extension(ipython) -> None:
     install(ipython)
     if session.settings.persist:
         session.conversation  # restore history now, so the first cell doesn't pay for it
+    warm_up()
+
+
+# What the first reply cell would import: loaded on the private loop thread right
+# after `%load_ext`, while the user types, so the first cell pays only for its
+# request (the issue measured 0.15 s of imports in it). `%load_ext` itself only
+# starts the thread.
+WARM_MODULES = (
+    "aiohttp",
+    "opchat_magic.providers.http",
+    "opchat_magic.providers.opchatgpts",
+    "opchat_magic.providers.openai_compat",
+    "opchat_magic.turn",
+    "opchat_magic.render.renderer",
+    "opchat_magic.render.faces",
+    "opchat_magic.render.footer",
+    "opchat_magic.render.tables",
+    "opchat_magic.unreachable",
+    "IPython.display",
+)
+
+
+def warm_up() -> None:
+    """Import the first cell's modules (and list the providers) on the private loop, in the background."""
+    from ..loop import get_loop
+
+    async def warm() -> None:
+        import importlib
+
+        await asyncio.sleep(0.05)  # let the `%load_ext` cell finish first: it must not wait on these imports
+        for name in WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # warming is an optimisation: the cell reports real failures
+                pass
+            await asyncio.sleep(0)
+        try:
+            from ..providers.http import ssl_context_from_env
+            from ..providers.registry import names
+
+            names()  # the entry-point scan
+            ssl_context_from_env()  # a CA bundle from SSL_CERT_FILE: ~0.1 s to load, cached
+        except Exception:
+            pass
+
+    get_loop().submit(warm())
 
 
 def unload_ipython_extension(ipython) -> None:

@@ -312,7 +312,7 @@ class ChatPanel:
             self.outcome = outcome
             self.session.completed(outcome)
             # A complete turn supersedes an earlier failed one (see history.model): Retry goes.
-            self.view.show_outcome(outcome, outcome.footer, retry=self.thread.last_failed is not None)
+            self.view.show_outcome(outcome, retry=self.thread.last_failed is not None)
         except Exception as exc:  # the panel's own failure: say so, never leave it stuck
             self.view.set_status(f"The panel failed to render the reply: {_message(exc)}", "error")
         finally:

@@ -203,15 +203,20 @@ class PanelView:
         """Enable "Explain last error" while there is an error to explain."""
         self.explain_button.disabled = not enabled
 
-    def show_outcome(self, outcome, footer: str, retry: bool) -> None:
+    def show_outcome(self, outcome, retry: bool) -> None:
         """The status line and Retry button once a turn from this panel has ended."""
         if outcome.complete:
+            # The footer is under the reply already; the status line says the state.
             self.show_retry(retry)
-            self.set_status("✓ " + (footer or "done"), "done")
+            self.set_status(f"✓ Reply complete ({outcome.chars:,} characters); ready for the next message.", "done")
         elif outcome.stopped:
             self.show_retry(True)
             self.set_status(f"■ Stopped after {outcome.chars} characters: the partial reply stays "
                             "above, out of the history. Retry sends the message again.", "stopped")
+        elif outcome.advice is not None:  # nothing answered: the message is in the transcript
+            self.show_retry(True)
+            self.set_status(f"✗ {outcome.advice.title} See the message above; Retry sends the message again.",
+                            "error")
         else:
             self.show_retry(True)
             self.set_status(f"{type(outcome.error).__name__}: {outcome.message} (nothing was added to "

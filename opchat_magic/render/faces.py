@@ -200,6 +200,10 @@ class WidgetFace:
         if md:
             self._add_output({"text/markdown": md, "text/plain": text})
 
+    def advice(self, advice: Any) -> None:
+        """A formatted message (no endpoint answered): its Markdown, and its text for plain frontends."""
+        self._add_output({"text/markdown": advice.markdown, "text/plain": advice.text})
+
     @property
     def outputs(self) -> list:
         """Every Output widget, in order (tests, the panel)."""

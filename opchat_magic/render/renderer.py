@@ -167,13 +167,22 @@ class Renderer:
         if footer:
             self.face.footer(footer)
 
-    def fail(self, message: str, stopped: bool = False) -> None:
-        """The reply ended early: keep what arrived, then a clear marker."""
+    def fail(self, message: str, stopped: bool = False, advice: Any = None) -> None:
+        """The reply ended early: keep what arrived, then a clear marker.
+
+        ``advice`` (an :class:`~opchat_magic.unreachable.Advice`: nothing answered)
+        goes to a face that shows messages (``face.advice``, the panel's); a cell
+        or a terminal shows it once, as the cell's error, so their faces add nothing.
+        """
         if self._closed:
             return
         self._final()
         if stopped:
             self.face.error(STOPPED if self.chars else STOPPED_EMPTY)
+        elif advice is not None:
+            show = getattr(self.face, "advice", None)
+            if show is not None:
+                show(advice)
         else:
             self.face.error("⚠ " + (message or "error"))
 

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from .sanitize import escape_text
 
-__all__ = ["Table", "Text", "plain_cell"]
+__all__ = ["Table", "Text", "plain_cell", "transcript_text"]
 
 # C0/C1 controls (terminal escape sequences) never reach a terminal
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -122,3 +122,22 @@ class Text:
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(self.plain)
+
+
+def transcript_text(thread, width: int = 72) -> str:
+    """A history thread's transcript for a terminal: plain text, a line between turns
+    (the Markdown form is ``thread.to_markdown()``)."""
+    rule = "-" * width
+    parts = []
+    if thread.system:
+        parts.append(f"System:\n{thread.system}")
+    for turn in thread.turns:
+        said = f"You:\n{turn.user}\n\n"
+        if turn.status == "complete":
+            said += f"Assistant:\n{turn.reply}"
+        else:
+            why = "stopped" if turn.status == "stopped" else f"failed: {turn.error or 'unknown error'}"
+            said += f"Assistant ({why}; not in the history sent to the model, can be retried):"
+            said += f"\n{turn.reply}" if turn.reply else ""
+        parts.append(said)
+    return f"\n{rule}\n".join(parts)

@@ -105,7 +105,9 @@ def test_send_streams_without_blocking_the_kernel(kernel, server):
     shown = kernel.value("shown(panel)")
     assert flat(expected)[-40:] in shown
     status = kernel.value("panel.status_text")
-    assert status.startswith("✓") and "tokens" in status and "first chunk" in status, status
+    # The status line says the state; the footer (the cell's format) is under the reply, once.
+    assert status.startswith("✓ Reply complete") and "first chunk" not in status, status
+    assert re.search(r"opchatgpts · .+ · \d+ in / \d+ out tokens · first chunk", shown.replace("\\", "")), shown
     assert kernel.value("panel.send_button.disabled") is False
     assert kernel.value("panel.stop_button.disabled") is True
     assert kernel.value("panel.retry_button.layout.display") == "none"
@@ -296,3 +298,24 @@ def test_stop_while_waiting_for_the_first_chunk(kernel, server):
     assert "waiting for the first chunk" not in shown and "stopped before any reply arrived" in shown
     assert kernel.value("panel.thread.last_failed.status") == "stopped"
     assert "Stopped" in kernel.value("panel.status_text")
+
+
+def test_unreachable_endpoint_shows_one_message_in_the_transcript_and_the_state_in_the_status(kernel, server):
+    from opchat_magic.testing import free_port
+
+    port = free_port()
+    kernel.run("import opchat_magic.probe as _p\n_saved_candidates = _p.CANDIDATES\n"
+               f"_p.CANDIDATES = (_p.Candidate('vLLM', {server.port}, 'vllm'),)\n"
+               f"_saved_url = magics.settings.url\nmagics.settings.url = 'http://127.0.0.1:{port}'")
+    try:
+        kernel.run("panel.send('anyone there?')")
+        wait_idle(kernel)
+        shown = kernel.value("shown(panel)")
+        assert shown.count("Nothing is listening at") == 1, shown
+        assert f"opchat-magic serve --port {port}" in shown
+        assert "%config OpchatMagics.provider = 'vllm'" in shown
+        status = kernel.value("panel.status_text")
+        assert status.startswith(f"✗ Nothing is listening at http://127.0.0.1:{port}") and "Retry" in status, status
+        assert kernel.value("panel.retry_button.layout.display") != "none"
+    finally:
+        kernel.run("_p.CANDIDATES = _saved_candidates\nmagics.settings.url = _saved_url")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import mistune
 
 from opchat_magic.render.tables import Table, Text, plain_cell
-from opchat_magic.testing.terminal import TerminalIPython
 
 
 def test_text_form_is_aligned_and_inert():
@@ -29,12 +28,3 @@ def test_empty_table_and_long_cells():
     assert repr(Table(["a"], [], empty="no threads yet")) == "no threads yet"
     assert plain_cell("x" * 200, 10) == "x" * 9 + "…"
     assert repr(Text("**bold**", "bold")) == "bold"
-
-
-def test_terminal_ipython_prints_the_table_as_text(tmp_path):
-    with TerminalIPython(env={"IPYTHONDIR": str(tmp_path / "ipy")}) as term:
-        term.run("from opchat_magic.render.tables import Table")
-        shown = term.run("display(Table(['thread', 'messages'], [['default', 6], ['ideas', 12]]))")
-    assert "<IPython.core.display" not in shown
-    assert "thread   messages" in shown
-    assert "default  6" in shown and "ideas    12" in shown
