@@ -459,6 +459,9 @@ class Opchatgpts(AsyncGeneratorProvider):
             async with session_scope(req.session) as session, AsyncExitStack() as stack:
                 response, first, secrets = await cls._open(session, req, proxy, stack)
                 url = req.url
+                # AI Engine never sends the model argument, nor says which model answered: the
+                # site's chatbot chooses. No model is shown rather than one that was not used.
+                reply.model = ""
                 # Safe to show; a plain-permalink site's route is in its query string, and is kept.
                 reply.endpoint = public_url(url) + ("?rest_route=" + url.split("rest_route=", 1)[1]
                                                     if "rest_route=" in url else "")

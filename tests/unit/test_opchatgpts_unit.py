@@ -974,3 +974,12 @@ async def test_an_empty_end_after_text_is_fine(mocked):
     serve(mocked, body=sse(live("Hi"), end("")))
     chunks, reply = await run()
     assert chunks == ["Hi"] and reply.complete
+
+
+async def test_reply_names_no_model_and_the_endpoint(mocked):
+    serve(mocked)
+    stream = Opchatgpts.create_async_generator("gpt-4o", MSGS, url=BASE)
+    [c async for c in stream]
+    # The plugin neither receives the model argument nor reports one: the chatbot decides.
+    assert (stream.reply.model, stream.reply.requested_model) == ("", "gpt-4o")
+    assert stream.reply.endpoint == SUBMIT
