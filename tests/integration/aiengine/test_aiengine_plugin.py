@@ -252,6 +252,22 @@ async def test_upstream_stream_without_finish_ends_as_a_success(site, upstream):
     assert reply.complete and len(chunks) == 4
 
 
+async def test_upstream_line_that_is_not_json_is_skipped(site, upstream):
+    upstream.set_fault("broken_json")
+    chunks, reply = await ask(site.url, [{"role": "user", "content": "broken [[chunks:6]]"}])
+    assert reply.complete and len(chunks) == 6 and reply.final["reply"] == "".join(chunks).strip()
+
+
+async def test_event_logs_status_events_are_not_reply_text(site, upstream):
+    site.set_option("event_logs", True)
+    try:
+        chunks, reply = await ask(site.url, [{"role": "user", "content": "hello with events"}], bot_id="bare")
+    finally:
+        site.set_option("event_logs", False)
+    assert "".join(chunks) == reply_text([{"role": "user", "content": "hello with events"}])
+    assert reply.final["_ignored_events"] == {"live/status": 1}
+
+
 async def test_upstream_drop_mid_stream(site, upstream):
     upstream.set_fault("disconnect")
     stream = Opchatgpts.create_async_generator("", [{"role": "user", "content": "Tell me [[chunks:20]]"}],
