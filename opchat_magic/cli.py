@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--require-nonce", action="store_true", help="AI Engine submit needs the X-WP-Nonce from start_session")
     serve.add_argument("--input-limit", type=int, default=512, metavar="N",
                        help="longest AI Engine message in characters, as the chatbot's textInputMaxLength (default 512; 0: none)")
+    serve.add_argument("--plain-permalinks", action="store_true",
+                       help="answer like a WordPress site without pretty permalinks (only /?rest_route=/... works)")
     serve.add_argument("--bot-id", action="append", dest="bot_ids", metavar="ID", help="accepted AI Engine botId (repeatable; default: default)")
     serve.add_argument("--fault", metavar="NAME", help="inject this fault into every chat request (see --list-faults)")
     serve.add_argument("--fault-delay", type=float, default=3.0, help="seconds for the stall/slow_first_byte faults (default 3)")
@@ -103,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
             bot_ids=args.bot_ids or ("default",),
             require_nonce=args.require_nonce,
             input_limit=args.input_limit,
+            plain_permalinks=args.plain_permalinks,
             api_key=api_key,
             max_body=args.max_body,
             fault=args.fault,

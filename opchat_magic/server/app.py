@@ -7,7 +7,9 @@ Routes (all JSON unless streamed):
 * ``GET  /wp-json/``                         the REST index (name, url, namespaces)
 * ``/?rest_route=/...``, ``/index.php?rest_route=/...``  the same routes, spelt as on a
   plain-permalink WordPress site; every AI Engine-side response carries the
-  ``Link: <{url}/wp-json/>; rel="https://api.w.org/"`` header WordPress sends
+  ``Link: <{url}/wp-json/>; rel="https://api.w.org/"`` header WordPress sends.
+  With ``plain_permalinks`` the server is such a site: ``/wp-json/...`` answers
+  its home page (HTML, 200) and the Link header names ``{url}/index.php?rest_route=/``
 * ``POST /v1/chat/completions``              OpenAI-compatible chat (``max_tokens`` /
   ``max_completion_tokens`` cut the reply with ``finish_reason: "length"``;
   ``n`` other than 1 is refused with a 400)
@@ -53,7 +55,27 @@ __all__ = ["build_app", "STATE", "REST_LINK"]
 
 STATE = web.AppKey("opchat_state", ServerState)
 TASKS = web.AppKey("opchat_tasks", set)
-REST_LINK = '<{}/wp-json/>; rel="https://api.w.org/"'  # what every WordPress page sends
+REST_LINK = '<{}>; rel="https://api.w.org/"'  # what every WordPress page sends: its REST root
+HOME_PAGE = ("<!DOCTYPE html><html><head><title>opchat-magic local server</title></head>"
+             "<body>opchat-magic local server</body></html>")
+
+
+def _site(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _rest_root(request: web.Request) -> str:
+    plain = request.app[STATE].config.plain_permalinks
+    return _site(request) + ("/index.php?rest_route=/" if plain else "/wp-json/")
+
+
+def _home_page() -> web.Response:
+    return web.Response(text=HOME_PAGE, content_type="text/html")
+
+
+def _pretty_path_on_a_plain_site(request: web.Request) -> bool:
+    """A plain-permalink site answers ``/wp-json/...`` with its home page (HTML, 200)."""
+    return request.app[STATE].config.plain_permalinks and request.path.startswith("/wp-json")
 _COUNTED = {"submit", "start_session", "chat_completions", "models", "rest_route", "rest_route_index"}
 _WORDPRESS_ROUTES = {"submit", "start_session", "rest_index", "rest_route", "rest_route_index"}
 
@@ -142,6 +164,8 @@ def _rejected_in_stream(stream: bool) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
+    if _pretty_path_on_a_plain_site(request):
+        return _home_page()
     state = request.app[STATE]
     cfg = state.config
     body, error = await _read_json(request, AIEngineWire())
@@ -175,6 +199,8 @@ async def submit(request: web.Request) -> web.StreamResponse:
 
 
 async def start_session(request: web.Request) -> web.Response:
+    if _pretty_path_on_a_plain_site(request):
+        return _home_page()
     state = request.app[STATE]
     # The plugin ignores the body; we keep it (if it is JSON) for the stats.
     try:
@@ -186,6 +212,8 @@ async def start_session(request: web.Request) -> web.Response:
 
 
 async def rest_index(request: web.Request) -> web.Response:
+    if _pretty_path_on_a_plain_site(request):
+        return _home_page()
     base = f"{request.scheme}://{request.host}"
     return _json({"name": "opchat-magic local server", "url": base, "home": base,
                   "namespaces": ["mwai/v1", "mwai-ui/v1"]})
@@ -199,8 +227,7 @@ async def rest_route(request: web.Request) -> web.StreamResponse:
     """``/?rest_route=/...``: the REST API as a plain-permalink site spells it."""
     route = request.query.get("rest_route")
     if route is None:
-        return web.Response(text="<!DOCTYPE html><html><head><title>opchat-magic local server</title></head>"
-                                 "<body>opchat-magic local server</body></html>", content_type="text/html")
+        return _home_page()
     method, handler = _REST_ROUTES.get(route.rstrip("/") if route != "/" else route, (None, None))
     if handler is None:
         return _json({"code": "rest_no_route", "message": "No route was found matching the URL and request method.",
@@ -373,7 +400,7 @@ async def _count_status(request: web.Request, response: web.StreamResponse) -> N
         response.headers.setdefault("x-request-id", "req_" + secrets.token_hex(16))
     route = request.match_info.route.name
     if route in _WORDPRESS_ROUTES:
-        response.headers.setdefault("Link", REST_LINK.format(f"{request.scheme}://{request.host}"))
+        response.headers.setdefault("Link", REST_LINK.format(_rest_root(request)))
     transport = request.transport
     # A connection we (or the client) already closed sends no status at all.
     if route in _COUNTED and transport is not None and not transport.is_closing():

@@ -34,7 +34,7 @@ from .streaming import EventStream, Turn, answer
 from .wire import dumps
 
 __all__ = ["Fault", "FAULTS", "GOOD", "fault_names", "check_fault_name", "applies", "OVERLOADED", "HTML_PAGE",
-           "BROKEN_LINE", "HTTP_MESSAGES", "reasoning_text"]
+           "BROKEN_LINE", "HTTP_MESSAGES", "UPSTREAM_DROPPED", "reasoning_text"]
 
 GOOD = 3  # correct chunks before a mid-stream fault
 OVERLOADED = "The model is overloaded."
@@ -162,6 +162,17 @@ async def error_event(request, turn, s):
     """GOOD chunks, then an error event (AI Engine ``{"type":"error","data":OVERLOADED}``,
     OpenAI ``{"error":{"message":OVERLOADED,...}}``), status 200, clean close."""
     await _good_then(s, turn, turn.wire.error_event(OVERLOADED), then_rest=False)
+
+
+# What AI Engine sends when its model server drops the stream (cURL, prefixed by the environment's name).
+UPSTREAM_DROPPED = "opchat local: cURL error 18: transfer closed with outstanding read data remaining"
+
+
+@fault("upstream_drop", dialects=AIENGINE)
+async def upstream_drop(request, turn, s):
+    """GOOD chunks, then the error event the real plugin sends when its model server drops the
+    stream (``{"type":"error","data":"<env>: cURL error 18: ..."}``), status 200, clean close."""
+    await _good_then(s, turn, turn.wire.error_event(UPSTREAM_DROPPED), then_rest=False)
 
 
 @fault("invalid_utf8")

@@ -56,6 +56,8 @@ class LocalServer:
       require_nonce      AI Engine submit needs ``X-WP-Nonce`` from start_session (as AI Engine 3.x)
       input_limit        AI Engine: longest newMessage in characters (the chatbot's
                          textInputMaxLength, 512 by default; 0: no limit)
+      plain_permalinks   AI Engine: answer like a site without pretty permalinks (``/wp-json/``
+                         is the home page; ``/?rest_route=/...`` is the REST API)
       api_key            OpenAI endpoints need ``Authorization: Bearer <api_key>``
       max_body           request body limit in bytes (larger -> 413)
       fault              a fault name applied to every chat request until cleared
@@ -81,6 +83,7 @@ class LocalServer:
         bot_ids: Iterable[str] = ("default",),
         require_nonce: bool = False,
         input_limit: int = 512,
+        plain_permalinks: bool = False,
         api_key: Optional[str] = None,
         max_body: int = 1 << 20,
         fault: Optional[str] = None,
@@ -105,6 +108,7 @@ class LocalServer:
             bot_ids=frozenset(bot_ids),
             require_nonce=require_nonce,
             input_limit=input_limit,
+            plain_permalinks=plain_permalinks,
             api_key=api_key,
             max_body=max_body,
             fault_delay=fault_delay,

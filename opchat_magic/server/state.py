@@ -28,6 +28,7 @@ class ServerConfig:
     bot_ids: frozenset = frozenset({"default"})
     require_nonce: bool = False
     input_limit: int = 512  # the chatbot's textInputMaxLength (characters); 0: no limit
+    plain_permalinks: bool = False  # a WordPress site without pretty permalinks: only ?rest_route= works
     api_key: Optional[str] = field(default=None, repr=False)  # never in a repr or a log
     max_body: int = 1 << 20
     fault_delay: float = 3.0

@@ -158,6 +158,8 @@ FAULTS = {
     "reset": _err(TruncatedStreamError, "", lambda e, m: e.partial == _partial(m)),
     "no_end": _err(TruncatedStreamError, "before its end event", lambda e, m: e.partial == reply_text(m)),
     "empty_body": _err(TruncatedStreamError, "", lambda e, m: e.partial == ""),
+    # As the real plugin when its model server drops the stream: the chunks so far, then an error event.
+    "upstream_drop": _err(ServerError, "cURL error 18", lambda e, m: getattr(e, "partial", None) is None),
     "html": _err(NotAnEndpointError, "text/html", lambda e, m: SUBMIT_PATH in str(e) and "Just a moment" in str(e)),
     "json_200": _ok(lambda r, m: r.text == reply_text(m) and r.usage is not None),
     # 401 rest_forbidden: a nonce is fetched and the turn retried once; the fault answers that too.
@@ -380,6 +382,18 @@ async def test_nonce_string_wins_and_stale_one_is_reported(nonce_server):
 
 def test_nonce_auto_sync(nonce_server):
     assert "".join(Opchatgpts.create_completion("", user("x"), url=nonce_server.url, nonce="auto")) == reply_text(user("x"))
+
+
+async def test_plain_permalink_site_from_its_bare_url_on_the_local_server():
+    with LocalServer(delay=0, plain_permalinks=True) as plain:
+        chunks, reply = await run(plain, user("hi"))
+        assert reply.complete
+        # /wp-json/ was the home page; its Link header named the REST root: one extra request.
+        assert [r["path"] for r in plain.stats.recent] == ["/index.php"]
+        assert plain.stats.requests == {"submit": 1}
+        assert Opchatgpts.endpoint(plain.url).root == plain.url + "/index.php?rest_route=/"
+        await run(plain, user("again"))  # remembered: straight there
+        assert plain.stats.requests == {"submit": 2}
 
 
 async def test_plain_permalink_spellings_on_the_local_server(server):

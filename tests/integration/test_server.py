@@ -238,7 +238,8 @@ def test_fault_registry_has_every_required_fault():
     for f in FAULTS.values():
         assert f.doc, f.name  # each documents itself (shown by --list-faults)
     aiengine_only = {n for n, f in FAULTS.items() if "openai" not in f.dialects}
-    assert aiengine_only == {"missing_type", "unknown_type", "live_without_data", "non_string_data", "bad_end"}
+    assert aiengine_only == {"missing_type", "unknown_type", "live_without_data", "non_string_data", "bad_end",
+                             "upstream_drop"}
 
 
 def test_is_loopback():
@@ -355,6 +356,27 @@ async def test_aiengine_plain_permalink_routes_and_link_header(server, session):
         assert resp.headers["Link"] == f'<{server.url}/wp-json/>; rel="https://api.w.org/"'
     status, _, raw = await post(session, server.url + "/?rest_route=/nope/v1/x", {})
     assert status == 404 and json.loads(raw)["code"] == "rest_no_route"
+
+
+async def test_aiengine_plain_permalink_site(session):
+    with LocalServer(delay=0, plain_permalinks=True) as plain:
+        link = f'<{plain.url}/index.php?rest_route=/>; rel="https://api.w.org/"'
+        for path in (SUBMIT, START_SESSION):
+            status, headers, raw = await post(session, plain.url + path, aie("hi"))
+            assert status == 200 and headers["Content-Type"].startswith("text/html") and raw.startswith(b"<!DOCTYPE")
+            assert headers["Link"] == link
+        body = aie("plain")
+        status, headers, raw = await post(session, plain.url + "/index.php?rest_route=/mwai-ui/v1/chats/submit", body)
+        assert status == 200 and raw == expected_stream(body) and headers["Link"] == link
+
+
+async def test_fault_upstream_drop_is_the_plugins_error_event(server, session):
+    body, _, chunks, _ = _parts("hi [[fault:upstream_drop]]")
+    status, _, raw = await post(session, server.url + SUBMIT, body)
+    assert status == 200
+    assert raw == b"".join(live(c) for c in chunks[:GOOD]) + (
+        b'data: {"type":"error","data":"opchat local: cURL error 18: transfer closed with outstanding read data '
+        b'remaining"}\n\n')
 
 
 async def test_aiengine_invalid_json_body(server, session):
