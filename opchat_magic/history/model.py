@@ -638,6 +638,46 @@ class Conversation:
         """Clear one thread (default: ``default_thread``). The thread itself stays, empty."""
         self.thread(name, create=False).reset()
 
+    def adopt(self, old_key: str, names: Optional[List[str]] = None) -> Dict[str, str]:
+        """Take over threads stored under another notebook's key (a renamed or moved notebook).
+
+        ``names``: which threads (default: all of them). A name this notebook
+        already uses gets the old notebook's file name added. Returns
+        ``{old name: name here}``. The store moves them in one transaction;
+        they are loaded here and announced as new threads.
+        """
+        if self.store is None:
+            raise UnknownThreadError("History is not stored (persist is off): there is nothing to adopt.")
+        if old_key == self.key:
+            raise UnknownThreadError("That is this notebook's own history.")
+        self.flush()
+        stored = self.store.threads(old_key)
+        wanted = stored if not names else names
+        missing = [n for n in wanted if n not in stored]
+        if missing or not stored:
+            raise UnknownThreadError(f"No stored thread {', '.join(map(repr, missing)) or ''} under "
+                                     f"{old_key!r}; it holds {', '.join(map(repr, stored)) or 'nothing'}.")
+        stem = old_key.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "adopted"
+        renames: Dict[str, str] = {}
+        with self._lock:  # an empty thread (the default one, made on load) may take a stored name
+            taken = {n for n, t in self._threads.items() if t.messages or t.last_failed or t.pending}
+        taken |= set(self.store.threads(self.key))
+        for name in wanted:
+            new, n = name, 1
+            while new in taken:
+                new = f"{name} ({stem})" if n == 1 else f"{name} ({stem} {n})"
+                n += 1
+            taken.add(new)
+            renames[name] = new
+        self.store.move_threads(old_key, self.key, renames)
+        turns, failed = self.store.load_turns(self.key), self.store.load_failed(self.key)
+        for new in renames.values():
+            with self._lock:
+                thread = self._threads.setdefault(new, self._new(new))
+            thread._restore(turns.get(new, []), failed.get(new))
+            self._notify(new, "new")
+        return renames
+
     def reset_all(self) -> None:
         """Clear every thread of this notebook, in memory and in the store.
 

@@ -429,6 +429,22 @@ class Store:
         rows = self._read("SELECT data FROM blobs WHERE sha256=?", (sha256,))
         return bytes(rows[0][0]) if rows else None
 
+    def notebooks(self) -> List[dict]:
+        """Every notebook with stored turns, most recently used first:
+        ``{key, threads, messages, last}`` (``last``: time of its newest message)."""
+        rows = self._read("SELECT key, COUNT(DISTINCT thread), COUNT(*), MAX(created) FROM messages"
+                          " GROUP BY key ORDER BY MAX(created) DESC")
+        return [{"key": k, "threads": t, "messages": m, "last": last} for k, t, m, last in rows]
+
+    def move_threads(self, old_key: str, new_key: str, renames: Dict[str, str]) -> None:
+        """Give threads of ``old_key`` to ``new_key`` (``{old name: new name}``), in one transaction:
+        a renamed or moved notebook adopting its history."""
+        with self._transaction() as conn:
+            for old, new in renames.items():
+                for table in ("messages", "failed_turns"):
+                    conn.execute(f"UPDATE {table} SET key=?, thread=? WHERE key=? AND thread=?",
+                                 (new_key, new, old_key, old))
+
     def threads(self, key: str) -> List[str]:
         """Names of the threads stored under ``key``, oldest first."""
         rows = self._read("SELECT thread, MIN(created) AS first FROM ("

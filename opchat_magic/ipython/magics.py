@@ -29,7 +29,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .commands import run_command, show_models
+from .commands import adopt_threads, run_command, show_history, show_models, show_threads
 from .quiet import quiet as _quiet
 from .oneline import LineFlagError, is_command, parse_line
 
@@ -227,28 +227,25 @@ class OpchatMagics(Magics):
         if args.export:
             export_thread(thread, args.export)
             return
-        from ..render import sanitize_markdown
-        from ..render.tables import Text, transcript_text
+        show_history(thread)
 
-        transcript = thread.to_markdown()
-        if not transcript.strip():
-            display(Text(f"*Thread {escape_md(thread.name)} is empty.*", f"Thread {thread.name!r} is empty."))
-            return
-        display(Text(sanitize_markdown(transcript), transcript_text(thread)))
-
+    @magic_arguments()
+    @argument("--notebooks", action="store_true",
+              help="List other notebooks' stored threads (a renamed or moved notebook's history) to adopt.")
     @line_magic("opchat_threads")
     def opchat_threads(self, line):
-        """List this notebook's threads."""
-        from ..render.tables import Table
+        """List this notebook's threads (with --notebooks: other notebooks' stored history)."""
+        args = self._parse(self.opchat_threads, line)
+        show_threads(self.conversation, self.settings.thread, notebooks=args.notebooks)
 
-        rows = []
-        for name in self.conversation.threads():
-            thread = self.conversation.thread(name)
-            failed = thread.last_failed
-            state = f"{failed.status} (retry with %opchat_retry -t {name})" if failed else "ok"
-            mark = " (default)" if name == self.settings.thread else ""
-            rows.append([name + mark, len(thread.messages), state])
-        display(Table(["thread", "messages", "last turn"], rows, empty="No threads yet."))
+    @magic_arguments()
+    @argument("notebook", help="A number from `%%opchat_threads --notebooks`, or the old notebook's path.")
+    @argument("thread", nargs="*", help="Threads to take over (default: all of them).")
+    @line_magic("opchat_adopt")
+    def opchat_adopt(self, line):
+        """Take over another notebook's stored threads: history follows a renamed or moved notebook."""
+        args = self._parse(self.opchat_adopt, line)
+        adopt_threads(self.conversation, args.notebook, args.thread)
 
     @magic_arguments()
     @argument("-t", "--thread", help="Thread whose last failed turn to send again.")
@@ -367,12 +364,6 @@ def export_thread(thread, target: str) -> None:
     print(f"opchat: thread {thread.name!r} written to {path}")
 
 
-def escape_md(text: str) -> str:
-    from ..render import escape_text
-
-    return escape_text(text)
-
-
 def _clean_help(magic, usage_prefix: str) -> None:
     """magic_arguments writes help as reStructuredText (``::``, double backticks) with a ``%name``
     usage line; make it read as plain text, and name a cell magic ``%%name``."""
@@ -403,7 +394,8 @@ def _plain(exc: BaseException) -> str:
 
 for _magic, _prefix in ((OpchatMagics.opchat, "%%"), (OpchatMagics.opchat_reset, "%"),
                         (OpchatMagics.opchat_history, "%"), (OpchatMagics.opchat_retry, "%"),
-                        (OpchatMagics.opchat_panel, "%"), (OpchatMagics.opchat_explain, "%")):
+                        (OpchatMagics.opchat_panel, "%"), (OpchatMagics.opchat_explain, "%"),
+                        (OpchatMagics.opchat_threads, "%"), (OpchatMagics.opchat_adopt, "%")):
     _clean_help(_magic, _prefix)
 OpchatMagics.opchat_line.__doc__ = ("Usage: %opchat [flags] MESSAGE | %opchat providers | %opchat config | "
                                     "%opchat models [NAME] | %opchat help\n\n" + OpchatMagics.opchat_line.__doc__)
