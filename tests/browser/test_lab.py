@@ -25,6 +25,7 @@ CELLS = [
     "panel = ChatPanel(thread='panel')\ndisplay(panel)",                   # 6
     "%%opchat -t hostile\nshow me [[html]]",                               # 7
     "hostile_panel = ChatPanel(thread='hostile-panel')\ndisplay(hostile_panel)",  # 8
+    "%%opchat -t slow\nslow to start [[fault:slow_first_byte]]",          # 9: 3 s before any byte
 ]
 
 
@@ -188,3 +189,17 @@ def test_hostile_reply_executes_nothing(nb):
     assert nb.dialogs == [], nb.dialogs
     harmless = "Unknown target type for URI fragment #blocked-"
     assert not [m for m in nb.console if "pwned" in m and harmless not in m], nb.console
+
+
+def test_cell_says_how_long_it_has_waited_for_the_first_chunk(nb):
+    # A server that thinks before its first byte (AI Engine waits up to 300 s for its model,
+    # silently): the cell shows the wait, then the reply replaces it.
+    from playwright.sync_api import expect
+
+    nb.run(9, wait=False)
+    out = nb.output(9)
+    expect(out).to_contain_text("waiting for the first chunk… 1 s", timeout=10_000)
+    expect(out).to_contain_text("waiting for the first chunk… 2 s", timeout=10_000)
+    expect(out).to_contain_text("Echo: slow to start", timeout=20_000)
+    nb.wait_done(9, timeout=20)
+    expect(out).not_to_contain_text("waiting for the first chunk")
