@@ -9,7 +9,10 @@ the ANSI colours stripped.
 
 The text is made when the error happens, not kept as the exception: an
 exception holds its traceback, and so every frame's locals (often large
-arrays), alive.
+arrays), alive. In ipykernel the text IPython already formatted for the
+frontend (``shell._last_traceback``, cleared by our ``pre_run_cell`` hook so
+it can only be this cell's) is reused: formatting a traceback again would
+double what a failing cell costs.
 """
 from __future__ import annotations
 
@@ -74,8 +77,11 @@ def format_error(shell, error: BaseException, before_exec: bool = False) -> str:
     from IPython.core.error import UsageError
 
     render = getattr(error, "_render_traceback_", None)
+    shown = getattr(shell, "_last_traceback", None)  # ipykernel: what this cell's frontend got
     try:
-        if callable(render):
+        if isinstance(shown, list) and shown and not isinstance(error, UsageError):
+            lines = shown
+        elif callable(render):
             lines = render()
         elif isinstance(error, UsageError):
             lines = [f"UsageError: {error}"]  # IPython shows a usage error as one line, no stack
@@ -128,7 +134,13 @@ class ErrorLog:
         self._lock = threading.Lock()
         self._last: Optional[CellError] = None
 
-    # -- the hook ----------------------------------------------------------
+    # -- the hooks ---------------------------------------------------------
+    def pre_run_cell(self, info=None) -> None:
+        # ipykernel clears it in run_cell but not on its async path: clear it here, so what
+        # post_run_cell finds there was shown for this cell.
+        if getattr(self.shell, "_last_traceback", None) is not None:
+            self.shell._last_traceback = None
+
     def post_run_cell(self, result) -> None:
         error = getattr(result, "error_in_exec", None)
         before = error is None
@@ -190,6 +202,7 @@ def install(shell) -> ErrorLog:
         log = _logs.get(shell)
         if log is None:
             log = _logs[shell] = ErrorLog(shell)
+            shell.events.register("pre_run_cell", log.pre_run_cell)
             shell.events.register("post_run_cell", log.post_run_cell)
         return log
 
@@ -199,10 +212,11 @@ def uninstall(shell) -> None:
     with _logs_lock:
         log = _logs.pop(shell, None)
     if log is not None:
-        try:
-            shell.events.unregister("post_run_cell", log.post_run_cell)
-        except ValueError:
-            pass
+        for event, callback in (("pre_run_cell", log.pre_run_cell), ("post_run_cell", log.post_run_cell)):
+            try:
+                shell.events.unregister(event, callback)
+            except ValueError:
+                pass
 
 
 def error_log(shell) -> Optional[ErrorLog]:
