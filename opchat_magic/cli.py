@@ -33,6 +33,7 @@ directives (write them anywhere in a message; they are removed from the echo):
   [[html]]        a hostile reply (script, onerror image, javascript: link)
   [[fault:NAME]]  inject fault NAME into this request (see --list-faults)
   [[huge:N]]      size in bytes of the huge_line fault's event
+  [[say:B64]]     reply with exactly this text: URL-safe base64 of its UTF-8, unpadded
 
 example message: Show me a long answer. [[words:300]] [[delay:0.05]]
 """

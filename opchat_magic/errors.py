@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 
+from .scrub import redact_userinfo, show_controls
+
 __all__ = [
     "OpchatError",
     "StreamError",
@@ -20,6 +22,7 @@ __all__ = [
     "NotAnEndpointError",
     "EndpointUnreachableError",
     "StreamTimeoutError",
+    "CredentialsConflictError",
     "HTTPStatusError",
     "StoppedError",
     "ThreadBusyError",
@@ -39,15 +42,30 @@ ENDPOINT_HINT = (
 
 
 def redact(text: str, secrets) -> str:
-    """Replace every secret in ``text`` with ``***``; secrets shorter than 4 chars are ignored."""
+    """Replace every secret in ``text`` with ``***`` (secrets shorter than 4 chars are
+    ignored), and the ``user:password`` of every URL in it too."""
     for secret in secrets or ():
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return text
+    return redact_userinfo(text)
+
+
+def clean_message(text: str) -> str:
+    """An error message as it may be shown anywhere: no URL credentials, no control sequences."""
+    return show_controls(redact_userinfo(text))
 
 
 class OpchatError(RuntimeError):
-    """Base of every opchat-magic error."""
+    """Base of every opchat-magic error.
+
+    Its message is cleaned when the error is made (:func:`clean_message`): a
+    URL's ``user:password`` shows as ``***`` and control characters from a
+    server's text as visible escapes, wherever the error is printed, logged,
+    stored or exported.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*(clean_message(a) if isinstance(a, str) else a for a in args))
 
 
 class StreamError(OpchatError):
@@ -101,7 +119,7 @@ class EndpointUnreachableError(OpchatError, ConnectionError):
     """Nothing answered at the URL (connection refused, DNS failure)."""
 
     def __init__(self, url: str, reason: str = ""):
-        self.url = url
+        self.url = url = redact_userinfo(url)
         self.reason = reason  # "connection refused", "DNS lookup failed for 'host'", ...
         msg = f"No chat endpoint answered at {url}" + (f" ({reason})" if reason else "") + ".\n" + ENDPOINT_HINT
         super().__init__(msg)
@@ -121,6 +139,10 @@ class StoppedError(OpchatError):
 
 class ThreadBusyError(OpchatError):
     """A turn is already streaming on this thread; one at a time keeps history in order."""
+
+
+class CredentialsConflictError(OpchatError, ValueError):
+    """Two credentials for one request (a ``user:password@`` URL and an API key): the message says which to drop."""
 
 
 class ImagesNotSupportedError(OpchatError):
@@ -149,6 +171,8 @@ def _make_http_status_error():
         """
 
         def __init__(self, url: str, status: int, message: str, method: str = "POST"):
+            url = redact_userinfo(url)
+            message = clean_message(message)
             info = aiohttp.RequestInfo(URL(url), method, CIMultiDictProxy(CIMultiDict()), URL(url))
             super().__init__(info, (), status=status, message=message)
             self.url = url

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import OpchatError
+from ..scrub import show_controls
 
 __all__ = ["quiet"]
 
@@ -10,8 +11,10 @@ def quiet(error: BaseException, text: str) -> BaseException:
     """Make IPython show ``text`` instead of a traceback for ``error``.
 
     The error keeps its type (so tools see `HTTPStatusError`, say), but a user
-    reads one clear sentence, never a stack of aiohttp frames.
+    reads one clear sentence, never a stack of aiohttp frames. Control
+    characters in it (a server's text) show as visible escapes, in a terminal too.
     """
+    text = show_controls(text)
     if not isinstance(error, Exception):
         error = OpchatError(text)
     try:

@@ -190,6 +190,9 @@ class AsyncGeneratorProvider:
     supports_gpt_35_turbo: bool = False
     supports_images: bool = False  # takes OpenAI image_url content parts (opchat_magic.images)
     default_model: str = ""
+    # The longest wait for a stream's first event, in seconds; None: as read_timeout.
+    # A plain provider kwarg (first_event_timeout=) with this class-level default.
+    first_event_timeout: "float | None" = None
 
     @classmethod
     def create_async_generator(

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Typ
 
 import aiohttp
 
-from ..errors import EndpointUnreachableError, OpchatError, StoppedError
+from ..errors import EndpointUnreachableError, OpchatError, StoppedError, clean_message
 from .base import AsyncGeneratorProvider, Messages, Reply, ReplyStream
 
 __all__ = [
@@ -70,7 +70,7 @@ class FailoverReply(Reply):
 
 
 def _summary(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
+    text = clean_message(str(exc)).strip().splitlines()  # (other providers' errors too: no URL credentials)
     line = text[0] if text else ""
     if len(line) > limit:
         line = line[: limit - 1] + "…"

@@ -61,6 +61,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping, Optional
 import aiohttp
 
 from ..errors import (
+    CredentialsConflictError,
     EndpointUnreachableError,
     HTTPStatusError,
     NotAnEndpointError,
@@ -127,6 +128,8 @@ _SENSITIVE_HEADERS = frozenset(
 
 # ---------------------------------------------------------------- timeouts
 
+_SAME = type("_Same", (), {"__repr__": lambda self: "<as read>"})()
+
 
 def _check_timeout(name: str, value: Any) -> Optional[float]:
     if value is None:
@@ -140,30 +143,48 @@ def _check_timeout(name: str, value: Any) -> Optional[float]:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Connect and idle-read timeouts in seconds; ``None`` means no limit."""
+    """Connect, idle and first-event timeouts in seconds; ``None`` means no limit.
+
+    ``read``: the longest wait between two events of a stream (between any two
+    bytes of another body); keep-alive comments do not count, so a server that
+    only sends ``: ping`` is abandoned. ``first_event``: the longest wait for
+    the first event (a model may think before it says anything); by default
+    the same as ``read``. Both are measured only while waiting on the network
+    (see :func:`iter_body`): a slow consumer never trips them.
+    """
 
     connect: Optional[float] = DEFAULT_CONNECT_TIMEOUT
     read: Optional[float] = DEFAULT_READ_TIMEOUT
+    first_event: Any = _SAME  # _SAME: as read
 
     def __post_init__(self):
         object.__setattr__(self, "connect", _check_timeout("connect_timeout", self.connect))
         object.__setattr__(self, "read", _check_timeout("read_timeout", self.read))
+        first = self.read if self.first_event is _SAME else self.first_event
+        object.__setattr__(self, "first_event", _check_timeout("first_event_timeout", first))
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict, *, pop: bool = True) -> "Timeouts":
-        """Build from ``connect_timeout=`` / ``read_timeout=`` in ``kwargs`` (popped by default).
+    def from_kwargs(cls, kwargs: dict, *, pop: bool = True, first_event: Optional[float] = None) -> "Timeouts":
+        """Build from ``connect_timeout=`` / ``read_timeout=`` / ``first_event_timeout=`` in
+        ``kwargs`` (popped by default).
 
-        Absent keys keep the defaults; an explicit ``None`` disables that timeout.
+        Absent keys keep the defaults (``first_event``: ``read`` when ``read_timeout``
+        is given, else the provider's class-level ``first_event_timeout`` passed
+        here, else ``read``); an explicit ``None`` in ``kwargs`` disables that timeout.
         """
         get = kwargs.pop if pop else kwargs.get
         connect = get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        given_read = "read_timeout" in kwargs  # an explicit read_timeout bounds the first wait too
         read = get("read_timeout", DEFAULT_READ_TIMEOUT)
-        return cls(connect, read)
+        first = get("first_event_timeout", _SAME if first_event is None or given_read else first_event)
+        return cls(connect, read, first)
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
-        """aiohttp timeouts: no total limit (streams are long), connect and idle read."""
+        """aiohttp timeouts: no total limit (streams are long), connect, and a socket idle
+        bound that is the longer of the two event waits (the event watchdog is the exact one)."""
+        sock_read = None if self.read is None or self.first_event is None else max(self.read, self.first_event)
         return aiohttp.ClientTimeout(
-            total=None, connect=self.connect, sock_connect=self.connect, sock_read=self.read
+            total=None, connect=self.connect, sock_connect=self.connect, sock_read=sock_read
         )
 
 
@@ -216,6 +237,38 @@ def public_url(url: str) -> str:
         return shown + ("?..." if parsed.query_string else "")
     except (ValueError, TypeError):
         return re.sub(r"//[^/@]*@", "//", str(url)).split("?", 1)[0]
+
+
+def url_credentials(url: str, headers: Optional[Mapping[str, str]] = None) -> "tuple[str, Optional[Mapping[str, str]], Optional[str]]":
+    """(URL without ``user:password@``, headers, the password): the URL's credentials as
+    an explicit ``Authorization: Basic`` header, so they never travel in a URL or a message.
+
+    aiohttp refuses a URL with credentials next to an ``Authorization`` header
+    ("Cannot combine AUTHORIZATION header with AUTH argument or credentials
+    encoded in URL"); both at once is ambiguous (an API key *and* a password),
+    so that raises :class:`CredentialsConflictError` saying which to drop.
+    """
+    if "@" not in url:
+        return url, headers, None
+    from yarl import URL
+
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return url, headers, None
+    if parsed.user is None and parsed.password is None:
+        return url, headers, None
+    bare = str(parsed.with_user(None))
+    if any(k.lower() == "authorization" for k in (headers or {})):
+        raise CredentialsConflictError(
+            f"{public_url(url)} is given with a user:password (***@) in the URL and an API key "
+            f"(an Authorization header) as well: drop one. Remove the user:password from the URL, "
+            f"or unset the key (OPCHAT_API_KEY / OPENAI_API_KEY, api_key=) if the server takes the password."
+        )
+    encode = getattr(aiohttp, "encode_basic_auth", None)  # aiohttp >= 3.13; BasicAuth is deprecated there
+    value = encode(parsed.user or "", parsed.password or "") if encode is not None \
+        else aiohttp.BasicAuth(parsed.user or "", parsed.password or "").encode()
+    return bare, {**(headers or {}), "Authorization": value}, parsed.password
 
 
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
@@ -517,7 +570,8 @@ async def open_request(
     secrets: Iterable[str] = (),
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """:func:`open_post` for any method (``GET /models``)."""
-    secrets = collect_secrets(headers, proxy, extra=secrets)
+    url, headers, password = url_credentials(url, headers)
+    secrets = collect_secrets(headers, proxy, extra=tuple(secrets) + (password,))
     ctx = ssl_context_from_env()  # per request too, so a shared session honours SSL_CERT_FILE
     try:
         response = await session.request(
@@ -591,6 +645,62 @@ async def _request_json(session, method, url, *, json=None, headers=None, proxy=
 # ---------------------------------------------------------------- the body
 
 
+def _expire(task: "asyncio.Task", fired: list) -> None:
+    fired.append(True)
+    task.cancel()
+
+
+def _idle_error(url: str, timeouts: Timeouts, seen: bool) -> StreamTimeoutError:
+    if seen:
+        return StreamTimeoutError(
+            f"the stream from {url} stalled: no event for read_timeout={timeouts.read:g} s "
+            f"(keep-alive comments do not count)")
+    return StreamTimeoutError(
+        f"{url} sent no event within first_event_timeout={timeouts.first_event:g} s "
+        f"(keep-alive comments do not count)")
+
+
+_ACTIVE_LINE = re.compile(rb"\n[^:\n]")
+
+
+class _Activity:
+    """Tells whether body bytes carried more than SSE comments and blank lines.
+
+    Line state is kept across chunks (a line may be cut anywhere); ``\r`` ends
+    lines as ``\n`` does. Any non-comment, non-blank line counts as an event:
+    a field line is what a server sends only when it has something to say.
+    """
+
+    __slots__ = ("at_start", "comment")
+
+    def __init__(self) -> None:
+        self.at_start = True  # the next byte starts a line
+        self.comment = False  # the line being read (cut by the chunk end) is a comment
+
+    def feed(self, chunk: bytes) -> bool:
+        if not chunk:
+            return False
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r", b"\n")
+        first_nl = chunk.find(b"\n")
+        if self.at_start:
+            active = chunk[:1] not in (b":", b"\n")
+        else:  # the first piece continues the previous chunk's line
+            active = not self.comment and first_nl != 0
+        if not active and first_nl != -1:
+            active = _ACTIVE_LINE.search(chunk, first_nl) is not None
+        last_nl = chunk.rfind(b"\n")
+        if last_nl == -1:
+            if self.at_start:
+                self.comment = chunk[:1] == b":"
+            self.at_start = False
+        else:
+            tail = chunk[last_nl + 1 :]
+            self.at_start = not tail
+            self.comment = tail[:1] == b":"
+        return active
+
+
 def _payload_reason(exc: BaseException) -> str:
     """A short, header-free reason for a body that broke off."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -612,19 +722,60 @@ async def iter_body(
 ) -> AsyncIterator[bytes]:
     """The body's bytes as they arrive (``first``, if given, comes first).
 
-    The idle timeout is aiohttp's ``sock_read`` (set by :func:`open_post`;
-    ``timeouts`` only names it in messages). Raises :class:`StreamTimeoutError` when no
-    byte came for ``timeouts.read`` seconds and :class:`TruncatedStreamError`
-    (``partial=""``: the caller knows the text so far) when the connection broke.
-    A clean end of the body just ends the iteration.
+    An event-level idle watchdog: :class:`StreamTimeoutError` when nothing but
+    keep-alive comments (``: ping``) came for ``timeouts.read`` seconds after an
+    event, or for ``timeouts.first_event`` seconds before the first one. Only
+    time spent waiting on the network counts: while the consumer holds a chunk
+    the clock is stopped, so a slow consumer never trips it. (aiohttp's
+    ``sock_read``, set by :func:`open_post`, still ends a socket silent for the
+    longer of the two.) Raises :class:`TruncatedStreamError` (``partial=""``:
+    the caller knows the text so far) when the connection broke. A clean end of
+    the body just ends the iteration.
     """
+    activity = _Activity()
+    seen = False  # an event (a non-comment line) arrived
+    idle = 0.0  # seconds waited on the network since the last event
     if first:
+        seen = activity.feed(first)
         yield first
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    chunks = response.content.iter_any().__aiter__()
     try:
-        async for chunk in response.content.iter_any():
+        while True:
+            limit = timeouts.read if seen else timeouts.first_event
+            started = loop.time()
+            if limit is None or task is None:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            else:
+                fired = []
+                timer = loop.call_at(started + max(0.0, limit - idle), _expire, task, fired)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except (asyncio.CancelledError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                    # (aiohttp may turn the cancel into its own timeout error)
+                    if not fired:
+                        raise
+                    uncancel = getattr(task, "uncancel", None)
+                    if uncancel is not None:
+                        uncancel()
+                    raise _idle_error(url, timeouts, seen) from None
+                finally:
+                    timer.cancel()
+            if activity.feed(chunk):
+                seen, idle = True, 0.0
+            else:
+                idle += loop.time() - started
             yield chunk
+    except StreamTimeoutError:  # the watchdog's own (a TimeoutError too): as it is
+        raise
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        # (3.11+: asyncio.TimeoutError is TimeoutError; StreamTimeoutError is never raised inside.)
+        # (3.11+: asyncio.TimeoutError is TimeoutError.)
         raise StreamTimeoutError(
             f"the stream from {url} stalled: no bytes for read_timeout={timeouts.read:g} s"
             if timeouts.read else f"the stream from {url} stalled (timed out)"

@@ -38,10 +38,10 @@ anything else raises :class:`NotAnEndpointError`; an empty body raises
 mapped by :mod:`opchat_magic.providers.http`. A :class:`StreamTimeoutError`
 raised mid-stream also carries ``.partial``.
 
-Keep-alive comments (``: ping``) count as bytes for ``read_timeout``: a server
-that only ever sends keep-alives holds the stream open until it closes it
-(then: :class:`TruncatedStreamError`). The default ``read_timeout`` is 310 s:
-the plugin gives its model 300 s and sends nothing while it waits.
+Keep-alive comments (``: ping``) do not count as events: a stream that only
+sends keep-alives for ``read_timeout`` seconds after an event (or
+``first_event_timeout`` before the first) ends with :class:`StreamTimeoutError`
+naming the wait. Both default to 310 s: the plugin gives its model 300 s and sends nothing while it waits.
 
 Before any text, a turn may take up to two more requests, each at most once:
 a site given by its bare URL that turns out to have plain permalinks (its
@@ -207,6 +207,8 @@ class Opchatgpts(AsyncGeneratorProvider):
     supports_gpt_35_turbo = True
     supports_stream = True
     default_model = "gpt-3.5-turbo"
+    # The plugin gives its model 300 s and sends nothing meanwhile: never abandon that wait.
+    first_event_timeout = DEFAULT_READ_TIMEOUT
 
     # What this process learnt about sites (REST roots, nonces); shared by every call.
     sites = SiteCache()
@@ -306,7 +308,10 @@ class Opchatgpts(AsyncGeneratorProvider):
             chat_id=chat_id,
         )
         timeouts = Timeouts(kwargs.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-                            kwargs.get("read_timeout", DEFAULT_READ_TIMEOUT))
+                            kwargs.get("read_timeout", DEFAULT_READ_TIMEOUT),
+                            # (an explicit read_timeout bounds the first wait too, unless first_event_timeout is given)
+                            kwargs.get("first_event_timeout", kwargs["read_timeout"] if "read_timeout" in kwargs
+                                       else cls.first_event_timeout))
         given = (nonce,) if nonce not in (AUTO, NO_NONCE) else ()
         return _Request(
             endpoint=endpoint,

@@ -242,7 +242,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
 
     @classmethod
     async def _stream(cls, model, messages, proxy, reply, **kwargs) -> AsyncIterator[str]:
-        timeouts = Timeouts.from_kwargs(kwargs)
+        timeouts = Timeouts.from_kwargs(kwargs, first_event=cls.first_event_timeout)
         session = kwargs.pop("session", None)
         base_url = cls.resolve_base_url(kwargs.pop("base_url", None))
         api_key = cls.resolve_api_key(kwargs.pop("api_key", None))

@@ -23,11 +23,11 @@ Importing this module is cheap: IPython and ipywidgets load on first use.
 """
 from __future__ import annotations
 
-import re
 import sys
 import uuid
 from typing import Any, Callable, Optional, TextIO
 
+from ..scrub import show_controls
 from .sanitize import escape_text
 
 __all__ = ["DisplayFace", "WidgetFace", "TerminalFace", "choose_face", "in_kernel"]
@@ -210,15 +210,14 @@ class WidgetFace:
         return [out for chapter in self.widget.children for page in chapter.children for out in page.children]
 
 
-# C0/C1 controls except tab and newline: no terminal escape sequences from a model
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 class TerminalFace:
     """Plain text to a stream (IPython terminal, jupyter console, no frontend).
 
     Writes each new piece of raw text as it arrives and flushes; no
-    re-renders. Control characters (terminal escapes) are dropped.
+    re-renders. Control characters (terminal escapes: C0 but newline and
+    tab, C1, bidi overrides) show as visible escapes (``\x1b]52;...``), by
+    :func:`opchat_magic.scrub.show_controls`, the same function that cleans
+    error messages: a reply or an error can never drive the terminal.
     """
 
     streams_raw = True
@@ -228,6 +227,7 @@ class TerminalFace:
         self._at_line_start = True
         self._tail = ""
         self._thinking = False
+        self._cr = False  # a chunk ended in "\r": CR LF may be cut between two chunks
 
     # Reasoning: labelled, and dimmed (SGR 2) where the stream is a terminal.
     def _dim(self, on: bool) -> None:
@@ -263,7 +263,12 @@ class TerminalFace:
         return self._stream if self._stream is not None else sys.stdout
 
     def write(self, text: str) -> None:
-        text = _CONTROL.sub("", text)
+        if self._cr:
+            self._cr = False
+            text = ("" if text.startswith("\n") else "\r") + text
+        if text.endswith("\r"):
+            self._cr, text = True, text[:-1]
+        text = show_controls(text)
         if not text:
             return
         stream = self.stream

@@ -413,3 +413,46 @@ def _http(status: int) -> FaultFn:
 
 for _status in (401, 403, 429, 500, 502):
     fault(f"http_{_status}", stream_only=False)(_http(_status))
+
+
+# -- what the security tests need: a server's own text, idle streams, one bad read -----
+
+
+@fault("say_http_500", stream_only=False)
+async def say_http_500(request, turn, s):
+    """HTTP 500 whose JSON error body's message is the reply text (``[[say:...]]``: any text, escapes too)."""
+    s.done = True
+    return web.json_response(turn.wire.error_body(500, turn.reply), status=500, dumps=dumps)
+
+
+@fault("say_error_event")
+async def say_error_event(request, turn, s):
+    """An error event, first thing, whose message is the reply text (``[[say:...]]``), then a clean close."""
+    await s.open()
+    await s.write(turn.wire.error_event(turn.reply))
+    await s.end_early()
+
+
+@fault("keepalive_after_good")
+async def keepalive_after_good(request, turn, s):
+    """GOOD chunks, then only ``: ping`` comments every ``keepalive_interval``, never another
+    event; closes cleanly after ``max_hang``."""
+    await s.open()
+    await s.send_live(turn.chunks[:GOOD])
+    deadline = time.monotonic() + turn.config.max_hang
+    while time.monotonic() < deadline:
+        await s.write(b": ping\n\n")
+        await asyncio.sleep(min(turn.config.keepalive_interval, max(0.0, deadline - time.monotonic())))
+    await s.end_early()
+
+
+@fault("invalid_utf8_one_read")
+async def invalid_utf8_one_read(request, turn, s):
+    """GOOD live events and then one whose data holds raw ``\\xff\\xfe``, all in ONE write (one
+    network read for the client), then the rest and the end."""
+    await s.open()
+    good = b"".join(turn.wire.live(c) for c in turn.chunks[:GOOD])
+    await s.write(good + _spliced(turn, b"bad \xff\xfe bytes"))
+    s.chunks_sent += len(turn.chunks[:GOOD])
+    await s.send_live(turn.chunks[GOOD:])
+    await s.finish()

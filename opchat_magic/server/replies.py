@@ -27,6 +27,10 @@ strings, so the format lives in one place:
   ``[[delay:S]]``       S seconds between chunks for this request (0 allowed).
   ``[[html]]``          reply = :data:`HOSTILE_REPLY` (script, onerror img,
                         javascript: link, plus normal Markdown). Wins over all.
+  ``[[say:B64]]``       reply = exactly the text whose UTF-8 is the unpadded
+                        URL-safe base64 ``B64`` (:func:`say_encode`): hostile
+                        replies, escapes, any bytes a test needs. Wins over
+                        all but ``[[html]]``.
   ``[[fault:NAME]]``    inject fault NAME (see ``faults.py``) for this request.
   ``[[huge:N]]``        size in bytes of the ``huge_line`` fault's event.
   ====================  =====================================================
@@ -40,6 +44,7 @@ for tests to check the ``usage`` plumbing.
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -59,6 +64,8 @@ __all__ = [
     "count_tokens",
     "prompt_tokens",
     "usage",
+    "say_encode",
+    "say_decode",
 ]
 
 # Bounds keep a typo like [[words:99999999]] from eating the machine.
@@ -94,6 +101,7 @@ class Directives:
     html: bool = False
     fault: Optional[str] = None
     huge: Optional[int] = None
+    say: Optional[str] = None
 
 
 def _int_in(lo: int, hi: int):
@@ -128,7 +136,23 @@ _PARSERS = {
     "fault": _fault_name,
     "huge": _int_in(1, MAX_HUGE),
     "html": None,
+    "say": lambda value: say_decode(value),
 }
+
+
+def say_encode(text: str) -> str:
+    """The ``[[say:...]]`` value that makes the server reply with exactly ``text``."""
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def say_decode(value: str) -> str:
+    """The text of a ``[[say:...]]`` value (unpadded URL-safe base64 of UTF-8); ValueError if not."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", value):
+        raise ValueError(value)
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(value) from None
 
 
 def parse_directives(text: str) -> "tuple[str, Directives]":
@@ -182,6 +206,8 @@ def compose(messages: Any, new_message: Optional[str] = None, *, chunk_size: int
     size = directives.chunk or chunk_size
     if directives.html:
         return HOSTILE_REPLY, directives
+    if directives.say is not None:
+        return directives.say, directives
     if directives.chunks is not None:
         return text_of_length(directives.chunks * size), directives
     if directives.words is not None:

@@ -34,10 +34,15 @@ class LineDecoder:
     ``decode(chunk)`` returns the lines completed by ``chunk`` (terminators
     removed); ``flush()`` returns a last unterminated line at end of stream.
     Lines longer than ``max_line_bytes`` (UTF-8 bytes, terminator excluded)
-    raise :class:`SSEDecodeError`, as does invalid UTF-8.
+    raise :class:`SSEDecodeError`, as does invalid UTF-8 -- but not at the
+    cost of the good text before it: a chunk with invalid bytes returns the
+    lines completed before them, and the error (naming the stream's byte
+    offset) is raised by :meth:`raise_pending`, or by the next ``decode`` /
+    ``flush``.
     """
 
-    __slots__ = ("max_line_bytes", "_undecoded", "_offset", "_started", "_after_cr", "_pieces", "_pending_bytes")
+    __slots__ = ("max_line_bytes", "_undecoded", "_offset", "_started", "_after_cr", "_pieces", "_pending_bytes",
+                 "_error")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
         if max_line_bytes <= 0:
@@ -54,14 +59,25 @@ class LineDecoder:
         # concatenating per chunk would be quadratic for a huge line in small chunks.
         self._pieces: list = []
         self._pending_bytes = 0
+        self._error = None  # invalid UTF-8 seen: raised once the lines before it are out
+
+    def raise_pending(self) -> None:
+        """Raise the :class:`SSEDecodeError` of invalid bytes seen by the last ``decode``, if any."""
+        if self._error is not None:
+            raise self._error
 
     def decode(self, chunk: bytes) -> list:
+        if self._error is not None:
+            raise self._error
         if self._undecoded:
             chunk = self._undecoded + chunk
         try:
             text, used = _utf8_decode(chunk, "strict", False)
         except UnicodeDecodeError as exc:
-            raise self._utf8_error(exc) from None
+            # Keep what came before the bad bytes: decode that, report the rest later.
+            self._error = self._utf8_error(exc)
+            chunk = chunk[: exc.start]
+            text, used = _utf8_decode(chunk, "strict", True)
         if used < len(chunk):
             self._undecoded = bytes(chunk[used:])
         elif self._undecoded:
@@ -114,6 +130,7 @@ class LineDecoder:
 
     def flush(self) -> list:
         """End of stream: the unterminated last line, if any; resets the decoder."""
+        self.raise_pending()
         undecoded, offset, pieces = self._undecoded, self._offset, self._pieces
         self.__init__(self.max_line_bytes)
         if undecoded:

@@ -18,8 +18,9 @@ __all__ = ["aiter_events", "iter_events"]
 # callers that need a terminal event should treat its absence as truncation.
 
 
-def _chain(max_line_bytes: int) -> Tuple[Callable[[bytes], List[ServerSentEvent]], Callable[[], object]]:
-    """(the events one chunk completes, the end-of-stream check): shared by both iterators."""
+def _chain(max_line_bytes: int) -> Tuple[Callable[[bytes], List[ServerSentEvent]], Callable[[], object], Callable[[], None]]:
+    """(the events one chunk completes, the end-of-stream check, the check for invalid bytes
+    seen in the last chunk, to call once its events are out): shared by both iterators."""
     lines = LineDecoder(max_line_bytes)
     decode_lines = lines.decode
     decode_event = EventDecoder().decode
@@ -27,7 +28,7 @@ def _chain(max_line_bytes: int) -> Tuple[Callable[[bytes], List[ServerSentEvent]
     def events_of(chunk: bytes) -> List[ServerSentEvent]:
         return [event for event in map(decode_event, decode_lines(chunk)) if event is not None]
 
-    return events_of, lines.flush
+    return events_of, lines.flush, lines.raise_pending
 
 
 async def aiter_events(
@@ -35,19 +36,22 @@ async def aiter_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """Decode server-sent events from an async iterable of byte chunks split anywhere.
 
-    Raises :class:`~opchat_magic.errors.SSEDecodeError` on invalid UTF-8 or a line
-    over ``max_line_bytes``. An incomplete event at end of stream is discarded.
+    Raises :class:`~opchat_magic.errors.SSEDecodeError` on invalid UTF-8 (after
+    yielding the events completed before the bad bytes) or a line over
+    ``max_line_bytes``. An incomplete event at end of stream is discarded.
     """
-    events_of, end = _chain(max_line_bytes)
+    events_of, end, check = _chain(max_line_bytes)
     async for chunk in chunks:
         for event in events_of(chunk):
             yield event
+        check()  # invalid UTF-8 in this chunk: raised after the events before it
     end()
 
 
 def iter_events(chunks: Iterable[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[ServerSentEvent]:
     """Synchronous twin of :func:`aiter_events`, for tests and tools."""
-    events_of, end = _chain(max_line_bytes)
+    events_of, end, check = _chain(max_line_bytes)
     for chunk in chunks:
         yield from events_of(chunk)
+        check()
     end()

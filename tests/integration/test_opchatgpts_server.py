@@ -171,7 +171,7 @@ FAULTS = {
     "http_500_text": _err(HTTPStatusError, "Internal Server Error", lambda e, m: e.status == 500),
     "slow_first_byte": _err(StreamTimeoutError, "no response for read_timeout=0.5 s"),
     "no_headers": _err(StreamTimeoutError, "no response for read_timeout=0.5 s"),
-    "stall": _err(StreamTimeoutError, "stalled: no bytes for read_timeout=0.5 s", lambda e, m: e.partial == _partial(m)),
+    "stall": _err(StreamTimeoutError, "for read_timeout=0.5 s", lambda e, m: e.partial == _partial(m)),
     # one byte every 2 ms: the whole turn takes longer than read_timeout, each gap is far shorter
     "trickle": _ok(lambda r, m: r.text == reply_text(m)),
     "huge_line": _ok(lambda r, m: "x" * (1 << 20) in r.text and r.complete),
@@ -179,8 +179,14 @@ FAULTS = {
     "nul_bytes": _ok(lambda r, m: "nul\x00here" in r.text),
     "nul_raw": _err(StreamError, "not JSON"),
     "cr_only": _ok(lambda r, m: r.text == reply_text(m)),
-    "keepalive_only": _err(TruncatedStreamError, "no text received", lambda e, m: e.partial == ""),
+    # keep-alives are no events: the watchdog ends the wait (issue 12, finding 7)
+    "keepalive_only": _err(StreamTimeoutError, "no event within first_event_timeout=0.5 s", lambda e, m: e.partial == ""),
     "many_events": _ok(lambda r, m: len(r.chunks) == 100_000 and len(r.text) == 100_000),
+    # issue 12: the server's own text in errors, keep-alives after events, bad bytes in one read
+    "say_http_500": _err(HTTPStatusError, "Echo: Tell me", lambda e, m: e.status == 500),
+    "say_error_event": _err(ServerError, "Echo: Tell me"),
+    "keepalive_after_good": _err(StreamTimeoutError, "no event for read_timeout=0.5 s", lambda e, m: e.partial == _partial(m)),
+    "invalid_utf8_one_read": _err(SSEDecodeError, "byte offset", lambda e, m: SUBMIT_PATH in str(e)),
     # OpenAI-spelled faults, forced onto AI Engine by the directive
     "bare_done": _err(StreamError, "not JSON", lambda e, m: e.line == "[DONE]"),
     "no_usage": _ok(lambda r, m: r.text == reply_text(m) and r.usage is not None),

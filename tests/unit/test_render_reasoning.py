@@ -161,7 +161,7 @@ def test_terminal_face_labels_and_dims(tty):
     r.finish("footer")
     text = out.getvalue()
     visible = text.replace("\x1b[2m", "").replace("\x1b[0m", "")
-    assert visible == "[thinking] plan [31mA then B\n[/thinking]\nAnswer.\nfooter\n"
+    assert visible == "[thinking] plan \\x1b[31mA then B\n[/thinking]\nAnswer.\nfooter\n"  # visible, inert
     assert ("\x1b[2m" in text and "\x1b[0m" in text) == tty
     assert "\x1b[31m" not in text
 

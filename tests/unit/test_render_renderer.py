@@ -354,7 +354,7 @@ def test_terminal_face_streams_raw_text_without_rerendering():
     for piece in ["# Title\n\nSome ", "*text* with <b>", " tags\x1b[31m red", "\x07"]:
         r.feed(piece)
     r.finish("⏱ 4 tokens")
-    assert buf.getvalue() == "# Title\n\nSome *text* with <b> tags[31m red\n⏱ 4 tokens\n"
+    assert buf.getvalue() == "# Title\n\nSome *text* with <b> tags\\x1b[31m red\\x07\n⏱ 4 tokens\n"
     assert len(flushes) >= 4
 
     buf = io.StringIO()

@@ -180,9 +180,12 @@ def test_invalid_utf8_split_across_chunks_raises():
 def test_invalid_utf8_error_names_stream_offset_and_bytes():
     dec = LineDecoder()
     dec.decode(b"data: ok\n")
+    assert dec.decode(b"\n\xff") == [""]  # the good line before the bad byte is out first
     with pytest.raises(SSEDecodeError) as info:
-        dec.decode(b"\n\xff")
+        dec.raise_pending()
     assert "byte offset 10" in str(info.value)
+    with pytest.raises(SSEDecodeError):  # and it stays raised
+        dec.decode(b"more\n")
     assert r"\xff" in str(info.value)
     # Typed: callers catching the generic stream error see it too.
     assert isinstance(info.value, StreamError)
@@ -573,3 +576,13 @@ def test_property_line_decoder_rechunking(data):
     raw = "".join(line + end for line, end in zip(lines, endings)).encode()
     chunks = data.draw(rechunked(raw))
     assert decode_lines(chunks) == lines
+
+
+def test_invalid_utf8_keeps_the_events_before_it_in_the_same_read():
+    """Finding 8: one bad event no longer discards the good events that came in the same read."""
+    good = b"".join(b'data: {"n":%d}\n\n' % i for i in range(3))
+    got = []
+    with pytest.raises(SSEDecodeError, match=r"byte offset %d" % (len(good) + 10)):
+        for event in iter_events([good + b"data: bad \xff\xfe\n\n" + b"data: after\n\n"]):
+            got.append(event.data)
+    assert got == ['{"n":0}', '{"n":1}', '{"n":2}']
