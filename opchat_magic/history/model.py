@@ -485,7 +485,9 @@ class Thread:
         return {
             "name": self.name,
             "system": self.system,
-            "messages": [m.to_dict() for m in self.messages],
+            # Image references (hash, type, source, size) ride along; the bytes stay in the store.
+            "messages": [dict(m.to_dict(), images=list(m.images)) if m.images else m.to_dict()
+                         for m in self.messages],
             "last_failed": failed.to_dict() if failed is not None else None,
         }
 

@@ -32,6 +32,8 @@ def test_thread_sends_images_to_image_providers_and_text_to_others():
     assert parts(sent[0]["content"]) == [PNG] and sent[1] == {"role": "assistant", "content": "a picture"}
     assert sent[2] == {"role": "user", "content": "and?"}
     assert "*(images: a.png)*" in thread.to_markdown()
+    exported = thread.to_json()["messages"]
+    assert exported[0]["images"][0]["source"] == "a.png" and "images" not in exported[1]
 
 
 def test_retry_sends_the_failed_turns_images():
