@@ -154,6 +154,9 @@ def test_one_line_question_reaches_the_model(kernel, server):
     assert requests(server) == before and server.stats.requests.get("models", 0) >= 1
     ex = kernel.run("%opchat -p openai models")  # a flag then a word: a message, not the command
     assert sent(server) == "models"
+    kernel.run("%opchat -p openai -m tiny-vision --image /dev/null x?", check=False)  # refused: not an image
+    kernel.run("%opchat -p openai -m tiny-vision Which model?")
+    assert server.stats.last_body["model"] == "tiny-vision" and sent(server) == "Which model?"
 
 
 def test_long_value_is_cut_and_the_footer_says_so(kernel, server):
