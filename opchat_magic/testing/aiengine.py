@@ -303,18 +303,27 @@ class AIEngineSite:
         return self
 
     def stop(self) -> None:
+        # Each process leads its own process group (start_new_session): php -S forks its
+        # PHP_CLI_SERVER_WORKERS into that group, and they outlive a parent killed alone.
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            self._signal_group(proc, signal.SIGTERM)
         for proc in reversed(self._procs):
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self._signal_group(proc, signal.SIGKILL)
                 proc.wait(5)
+            self._signal_group(proc, signal.SIGKILL)  # any worker still there
         self._procs.clear()
         if self._own_root and self.root is not None and os.environ.get("OPCHAT_AIENGINE_KEEP") != "1":
             shutil.rmtree(self.root, ignore_errors=True)
+
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     # -- pieces ------------------------------------------------------------------
 
