@@ -123,8 +123,9 @@ class PanelView:
                                 layout=w.Layout(flex_flow="column-reverse", overflow="auto",
                                                 max_height=max_height, min_height="60px", width="100%"))
         self.transcript.add_class("opchat-transcript")
-        self.input = w.Textarea(placeholder="Message (Enter sends, Shift+Enter for a new line; {name}, {In[N]}, {Out[N]}, {Err} cite the notebook)", rows=3,
-                                layout=w.Layout(width="100%"))
+        self.input = w.Textarea(placeholder="Message (Enter sends, Shift+Enter for a new line; "
+                                            "{name}, {In[N]}, {Out[N]}, {Err} cite the notebook)",
+                                rows=3, layout=w.Layout(width="100%"))
         self.input.add_class("opchat-panel-input")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane",
                                     tooltip="Send the message (Enter)")
