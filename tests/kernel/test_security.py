@@ -197,7 +197,9 @@ def test_key_stays_out_of_errors_logs_and_the_store(monkeypatch, caplog, tmp_pat
     assert_clean(json.dumps(thread.to_json()) + thread.to_markdown(), "the exported thread")
     assert_clean("\n".join(r.getMessage() + repr(r.args) for r in caplog.records) + caplog.text, "the logs")
 
-    store.close()
+    conversation.close()  # the queued writes reach the file first, then the store closes
+    with Store(db) as check:  # the file holds the turns being checked (else the greps below prove nothing)
+        assert len(check.load_turns("notebook.ipynb").get(thread.name, [])) == 2
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     for path in files_under(db.parent):  # the database and its -wal / -shm
