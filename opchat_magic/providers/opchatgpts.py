@@ -339,7 +339,7 @@ class Opchatgpts(AsyncGeneratorProvider):
 
     @classmethod
     async def _post_submit(cls, session, req: _Request, proxy, headers, secrets, stack):
-        """POST the turn: ``(response, first)`` once the headers are in, or ``(None, moved_endpoint)``.
+        """POST the turn: ``(response, first)`` once the headers are in, or the :class:`Endpoint` to try instead.
 
         ``first`` is None for a body labelled ``text/event-stream``, else its
         first bytes (read to tell a web page from an answer). The response is
@@ -360,7 +360,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                           proxy=proxy, timeouts=req.timeouts, secrets=secrets))
         except HTTPStatusError as exc:
             if exc.status == 404 and req.endpoint.guessed:
-                return None, req.endpoint.moved(None)
+                return req.endpoint.moved(None)
             raise
         try:
             first = None  # an event stream: nothing read yet
@@ -373,7 +373,7 @@ class Opchatgpts(AsyncGeneratorProvider):
                     root = link_root(response.headers, req.endpoint.site)
                     if root != req.endpoint.root:
                         await attempt.aclose()
-                        return None, req.endpoint.moved(root)
+                        return req.endpoint.moved(root)
         except BaseException:
             await attempt.aclose()
             raise
@@ -432,7 +432,7 @@ class Opchatgpts(AsyncGeneratorProvider):
             headers = {**req.headers, "X-WP-Nonce": nonce} if nonce else req.headers
             secrets = tuple(sorted({*req.secrets, *([nonce] if nonce else [])}, key=len, reverse=True))
             try:
-                response, first = await cls._post_submit(session, req, proxy, headers, secrets, stack)
+                answer = await cls._post_submit(session, req, proxy, headers, secrets, stack)
             except HTTPStatusError as exc:
                 if req.endpoint.guessed:  # a REST error: the guessed root is the right one
                     req.endpoint = req.endpoint.confirmed()
@@ -443,9 +443,10 @@ class Opchatgpts(AsyncGeneratorProvider):
                     await cls._fetch_nonce(session, req, proxy)
                     continue
                 raise cls._status_hint(exc, req, refreshed) from None
-            if response is None:  # moved (once: the new endpoint is not a guess)
-                req.endpoint = first
+            if isinstance(answer, Endpoint):  # moved (once: the new endpoint is not a guess)
+                req.endpoint = answer
                 continue
+            response, first = answer
             if guessed:
                 req.endpoint = req.endpoint.confirmed()
                 cls.sites.learn_root(req.endpoint)
