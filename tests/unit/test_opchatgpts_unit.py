@@ -983,3 +983,21 @@ async def test_reply_names_no_model_and_the_endpoint(mocked):
     # The plugin neither receives the model argument nor reports one: the chatbot decides.
     assert (stream.reply.model, stream.reply.requested_model) == ("", "gpt-4o")
     assert stream.reply.endpoint == SUBMIT
+
+
+def test_settings_leave_the_300_s_wait_to_the_provider_and_pass_the_site_options():
+    from opchat_magic.settings import OpchatSettings, turn_options
+
+    settings = OpchatSettings()
+    options = turn_options(settings)
+    assert options.provider is Opchatgpts
+    kwargs = options.provider_kwargs
+    assert "read_timeout" not in kwargs  # the provider's own default applies
+    assert (kwargs["bot_id"], kwargs["context_id"]) == ("default", None)
+    req = Opchatgpts._prepare(MSGS, None, {**kwargs, "url": BASE})
+    assert req.timeouts.read == 310.0  # the plugin's 300 s model wait, never abandoned
+    settings.bot_id, settings.context_id, settings.read_timeout = "mybot", 28, 30.0
+    kwargs = turn_options(settings).provider_kwargs
+    assert (kwargs["bot_id"], kwargs["context_id"], kwargs["read_timeout"]) == ("mybot", 28, 30.0)
+    # Other providers do not get AI Engine's options.
+    assert "bot_id" not in turn_options(settings, provider="openai").provider_kwargs
