@@ -485,6 +485,7 @@ class Thread:
         return {
             "name": self.name,
             "system": self.system,
+            "chat_id": self.chat_id,  # the conversation's id on the server (an AI Engine site's discussion)
             # Image references (hash, type, source, size) ride along; the bytes stay in the store.
             "messages": [dict(m.to_dict(), images=list(m.images)) if m.images else m.to_dict()
                          for m in self.messages],

@@ -404,6 +404,7 @@ def test_markdown_and_json_export():
     assert "failed: HTTP 502" in text and "6 or" in text
     data = thread.to_json()
     assert data["name"] == "t" and data["system"] == "Be exact."
+    assert data["chat_id"] == thread.chat_id  # finds the discussion on an AI Engine site
     assert data["messages"] == [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
     assert data["last_failed"]["user"] == "And 3+3?" and data["last_failed"]["status"] == "failed"
     import json
