@@ -246,22 +246,22 @@ def _release(proc):
 def test_a_locked_database_slows_no_stream_and_the_turn_is_saved_when_it_frees(kernel):
     path = kernel.value("session.conversation.store.path")
     body = "locked [[chunks:40]] [[delay:0.01]]"
-    # Baseline: the same reply with the database free.
-    ex = kernel.run(f"%%opchat -t lk\nfree {body}")
-    free = ex.finished - ex.started
+    kernel.run(f"%%opchat -t lk\nfree {body}")
     proc = _hold(path)
     try:
         ex = kernel.run(f"%%opchat -t lk\nheld {body}", timeout=60)
-        held = ex.finished - ex.started
-        assert "history not saved yet" in ex.markdown()  # the user is told, under the reply
+        # Not slowed, shown by the order of events rather than a clock: the reply streamed to its end
+        # and the cell finished while its history write still waited for the other process's lock
+        # (the footer says so: the user is told).
+        assert "history not saved yet" in ex.markdown()
         assert squash(reply_text(user(f"free {body}", f"held {body}"))) in squash(ex.markdown())
         # In history at once (memory), while the write waits for the lock.
         assert len(kernel.value("state('lk')['messages']")) == 4
         # The panel, too, streams and finishes while the lock is held.
         kernel.run(f"panel = ChatPanel(thread='lk2')\npanel.send('panel {body}')")
         wait_for(kernel, "not panel.busy", timeout=20)
-        status = kernel.value("panel.status_text")
-        assert status.startswith("✓") and "history not saved yet" in status, status
+        assert kernel.value("panel.status_text").startswith("✓")
+        assert "history not saved yet" in kernel.value("shown(panel)")  # under the panel's reply too
         assert kernel.value("session.conversation.writer.waiting_for_lock") is True
         on_disk = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
             import sqlite3; c = sqlite3.connect({path!r}, timeout=1)
@@ -272,8 +272,6 @@ def test_a_locked_database_slows_no_stream_and_the_turn_is_saved_when_it_frees(k
         _release(proc)
     assert kernel.value("session.conversation.flush(20)") is True
     kernel.run("panel.close()")
-    # Not slowed: a lock held for the whole reply cost the stream nothing it would notice.
-    assert held < free + 1.0, (free, held)
     import sqlite3
 
     with sqlite3.connect(path) as conn:
