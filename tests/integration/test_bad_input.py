@@ -379,7 +379,8 @@ USAGE_ERRORS = {
     "%opchat_retry -t nosuchthread": "nosuchthread",
     "%opchat_retry": "no failed turn",
     "%opchat_reset --bogus": "unrecognized",
-    "%opchat bogusword": "providers",
+    # (`%opchat bogusword` is no longer misuse: any `%opchat <text>` is a one-line chat; its flag
+    # errors are tests/unit/test_oneline.py's.)
 }
 
 
