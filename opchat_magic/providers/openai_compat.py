@@ -28,9 +28,10 @@ How the stream is read:
   that ends without any ``finish_reason`` (llama-cpp-python cuts a running
   stream with a bare ``data: [DONE]`` when a second request arrives) raises
   :class:`TruncatedStreamError` saying the server cut the reply off, with the
-  partial text; one that brought no text at all (llama-cpp-python answers a
-  prompt beyond the context with HTTP 200 and an empty body) raises
-  :class:`EmptyReplyError`, which names the request's size and how to trim it.
+  partial text (possibly none: it cuts before the first token too); a body
+  without a single event (llama-cpp-python answers a prompt beyond the context
+  with HTTP 200 and an empty body) raises :class:`EmptyReplyError`, which names
+  the request's size and how to trim it.
 * ``usage.completion_tokens_details.reasoning_tokens`` becomes
   ``reply.usage.reasoning_tokens``; ``reply.usage_reported`` says whether the
   server reported usage at all.
@@ -411,10 +412,11 @@ def _choice_texts(choice: Any) -> "tuple[Optional[str], Optional[str], Optional[
 
 def _cut_off(url: str, reply, how: str) -> TruncatedStreamError:
     text = reply.text
+    when = f"after {len(text):,} characters" if text else "before any text"
     return TruncatedStreamError(
-        f"the server at {url} cut the reply off: the stream ended {how} without a finish_reason, after "
-        f"{len(text):,} characters; the reply is incomplete (llama.cpp servers end a running stream like "
-        f"this when another request arrives). Retry it.",
+        f"the server at {url} cut the reply off: the stream ended {how} without a finish_reason, {when}; "
+        f"the reply is incomplete (llama.cpp servers end a running stream like this when another request "
+        f"arrives). Retry it.",
         partial=text,
     )
 
@@ -464,8 +466,8 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, me
                 if finish_reason:
                     finished(True)
                     return
-                if nothing_came():
-                    raise empty_reply_error(url, messages, "a bare data: [DONE]")
+                # Measured on llama-cpp-python: a second request cuts a running stream like this,
+                # even before its first token; an over-long prompt gets an empty body instead.
                 raise _cut_off(url, reply, "with a bare data: [DONE]")
             obj = parse(event)
             error = obj.get("error")
@@ -523,9 +525,8 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, me
     if finish_reason:
         finished(bare_done)
         return
-    if nothing_came():
-        raise empty_reply_error(url, messages, "a bare data: [DONE]" if bare_done else (
-            "an empty body" if final is None else "events but no text"))
+    if final is None and not bare_done and nothing_came():  # not a single event: the empty 200
+        raise empty_reply_error(url, messages, "an empty body")
     raise _cut_off(url, reply, "with a bare data: [DONE]" if bare_done else "without [DONE]")
 
 

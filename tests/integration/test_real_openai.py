@@ -41,6 +41,8 @@ pytestmark = [
 # Short, deterministic-ish prompts; small max_tokens keep a CPU model fast.
 PROMPT = [{"role": "user", "content": "Name three colours of the rainbow, comma separated."}]
 MAX_TOKENS = 24
+# A reply that runs for seconds on any model: chat models continue it, base models echo it.
+LONG = [{"role": "user", "content": "Continue: " + ", ".join(str(i) for i in range(1, 100))}]
 
 
 def kwargs(**extra):
@@ -173,11 +175,13 @@ async def test_interrupt_closes_the_connection(model):
         pytest.skip("the relay speaks plain HTTP only")
     port = await relay.start()
     base = str(parsed.with_port(port).with_host("127.0.0.1"))
-    messages = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
     try:
-        stream = OpenAICompatible.create_async_generator(model, messages, base_url=base, api_key=KEY,
-                                                         max_tokens=600, temperature=0)
-        first = await stream.__anext__()
+        stream = OpenAICompatible.create_async_generator(model, LONG, base_url=base, api_key=KEY,
+                                                         max_tokens=400, temperature=0)
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            pytest.skip("the model answered nothing, so there was nothing to interrupt")
         assert first
         closed = time.monotonic()
         await stream.aclose()  # what Stop and a kernel interrupt do
@@ -203,11 +207,9 @@ async def test_a_second_request_never_passes_off_a_cut_reply_as_complete(model):
     """
     from opchat_magic.errors import TruncatedStreamError
 
-    long = [{"role": "user", "content": "Count from 1 to 100, one number per line."}]
-
     async def one(delay):
         await asyncio.sleep(delay)
-        stream = OpenAICompatible.create_async_generator(model, long, **kwargs(temperature=0, max_tokens=200))
+        stream = OpenAICompatible.create_async_generator(model, LONG, **kwargs(temperature=0, max_tokens=300))
         got = []
         try:
             async with stream:
@@ -223,6 +225,7 @@ async def test_a_second_request_never_passes_off_a_cut_reply_as_complete(model):
             assert reply.complete and reply.finish_reason in ("stop", "length"), reply.final
         else:
             assert "cut the reply off" in str(exc) or "broke" in str(exc), str(exc)
+            assert "context window" not in str(exc)  # a cut, not a full context
             assert exc.partial == text and not reply.complete
     print(f"\nconcurrent requests: first {first[0]} ({len(first[2])} chars), second {second[0]} ({len(second[2])} chars)")
 
@@ -234,8 +237,10 @@ async def test_context_overflow_is_explained(model):
         text, reply = await streamed(model, huge, max_tokens=8)
     except EmptyReplyError as exc:  # llama-cpp-python: 200 and an empty body
         assert "context window" in str(exc) and exc.messages == 1 and exc.chars > 1_000_000
+        print(f"\ncontext overflow: EmptyReplyError ({exc.chars:,} characters, about {exc.tokens:,} tokens)")
     except HTTPStatusError as exc:  # OpenAI, vLLM, llama.cpp's server, our own server (413)
         assert 400 <= exc.status < 500 and str(exc)
+        print(f"\ncontext overflow: HTTP {exc.status}")
     except ServerError as exc:  # an error event in a 200 stream
         assert str(exc)
     except OpchatError as exc:  # anything else must still be typed and say something

@@ -521,13 +521,19 @@ async def test_stream_without_any_finish_is_cut_off_not_complete():
     assert got == ["par", "tial"] and err.value.partial == "partial" and not stream.reply.complete
 
 
-async def test_role_only_stream_ending_in_done_is_an_empty_reply():
+async def test_role_only_stream_ending_in_done_is_cut_off_and_only_an_empty_body_is_an_empty_reply():
     from opchat_magic.errors import EmptyReplyError
 
     with aioresponses() as m:
         sse(m, chunk("", role="assistant") + DONE)
-        with pytest.raises(EmptyReplyError, match="2 messages"):
+        with pytest.raises(TruncatedStreamError, match="before any text") as err:
             await collect(OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE))
+        assert not isinstance(err.value, EmptyReplyError)
+    for body in (b"", b"\n\n"):
+        with aioresponses() as m:
+            sse(m, body)
+            with pytest.raises(EmptyReplyError, match="2 messages"):
+                await collect(OpenAICompatible.create_async_generator("m1", MESSAGES, base_url=BASE))
 
 
 async def test_failover_passes_reasoning_through():
