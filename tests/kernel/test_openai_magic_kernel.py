@@ -189,10 +189,11 @@ def test_panel_faults(kernel, server):
     assert shown.index("<details><summary>Thought") < shown.index("Echo: Think")
     assert kernel.value("[m.content for m in panel.thread.messages]")[1] == reply_text(
         [{"role": "user", "content": "Think [[fault:reasoning]]"}])
-    # usage not reported: said in the status line's footer
+    # usage not reported: said in the reply's footer (the status line says the state, not the footer)
     kernel.run("panel.send('hi [[fault:no_usage]]')")
     wait_for(kernel, "not panel.busy")
-    assert "usage not reported" in kernel.value("panel.status_text")
+    assert "usage not reported" in kernel.value("panel.transcript_markdown()").rsplit("Echo: hi", 1)[1]
+    assert "usage not reported" not in kernel.value("panel.status_text")
     # bare [DONE]: failed, partial kept, retry offered, out of the history
     kernel.run("panel.send('story [[fault:bare_done]]')")
     wait_for(kernel, "not panel.busy")
