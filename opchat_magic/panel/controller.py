@@ -104,9 +104,11 @@ class ChatPanel:
     ``new_thread``, ``new_thread_button``, ``provider_select``, ``model``, ``status``.
     """
 
-    def __init__(self, thread: Optional[str] = None, session=None, *, max_height: str = "420px"):
+    def __init__(self, thread: Optional[str] = None, session=None, *, max_height: str = "420px", magics=None):
         global _last
-        self.session = session if session is not None else _default_session()
+        if session is None and magics is not None:  # the 0.1 signature: ChatPanel(magics=...)
+            session = magics.session
+        self.session = getattr(session, "session", session) if session is not None else _default_session()
         settings = self.session.settings
         self.conversation = self.session.conversation
         self.thread = self.conversation.thread(thread or settings.thread)

@@ -252,7 +252,9 @@ def test_constructors(kernel):
     # session=None: the kernel's Session, the one the magics use, so one shared conversation.
     assert kernel.value("panel.session is magics.session") is True
     assert kernel.value("panel.conversation is magics.conversation") is True
-    ex = kernel.run("_shown = show_panel(magics.session, thread='shown')")
+    # The 0.1 signatures still work: ChatPanel(magics=...), show_panel(magics, ...).
+    assert kernel.value("(lambda p: (p.session is magics.session, p.close())[0])(ChatPanel(magics=magics))") is True
+    ex = kernel.run("_shown = show_panel(magics, thread='shown')")
     assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
                for m in ex.of_type("display_data"))
     assert kernel.value("_shown.thread.name") == "shown"
