@@ -12,7 +12,11 @@ process, so it does not share the GIL with the clients) and streams the same
             (a new aiohttp session per reply);
 (provider+) the same with one ``aiohttp.ClientSession`` reused (``session=``).
 
-Two workloads: *first token*, a short echo reply (time to first token is
+With ``--base-url URL [--model M]`` it measures a running server instead
+(llama.cpp, Ollama, vLLM...): the same three clients, one workload at
+temperature 0 with ``--max-tokens`` (default 64) so every run does the same work.
+
+Two workloads (local server): *first token*, a short echo reply (time to first token is
 mostly request overhead), and *throughput*, N events of CHARS characters with
 no pause (each event counted as one token, as real servers send about one
 token per event). Time to first token runs from the call to the first content
@@ -60,12 +64,15 @@ def start_server() -> "tuple[subprocess.Popen, str]":
     raise RuntimeError("the local server did not start")
 
 
+OPTIONS: dict = {}  # sampling options for a real server (temperature, max_tokens)
+
+
 async def via_sdk(client: "openai.AsyncOpenAI", messages: list) -> "tuple[float, float, int]":
     start = perf()
     first = None
     tokens = 0
     stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True,
-                                                  stream_options={"include_usage": True})
+                                                  stream_options={"include_usage": True}, **OPTIONS)
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             if first is None:
@@ -79,7 +86,7 @@ async def via_provider(base: str, messages: list, session=None) -> "tuple[float,
     start = perf()
     first = None
     tokens = 0
-    stream = OpenAICompatible.create_async_generator(MODEL, messages, base_url=base, session=session)
+    stream = OpenAICompatible.create_async_generator(MODEL, messages, base_url=base, session=session, **OPTIONS)
     async for _ in stream:
         if first is None:
             first = perf()
@@ -89,11 +96,13 @@ async def via_provider(base: str, messages: list, session=None) -> "tuple[float,
     return first - start, end - first, tokens
 
 
-async def bench(base: str, repeat: int, events: int, size: int) -> dict:
+async def bench(base: str, repeat: int, events: int, size: int, real: bool = False) -> dict:
     workloads = {
         "first token": [{"role": "user", "content": "Name one fruit. [[delay:0]]"}],
         "throughput": [{"role": "user", "content": f"bench [[chunks:{events}]] [[chunk:{size}]] [[delay:0]]"}],
     }
+    if real:  # a reply that runs on any model: chat models continue it, base models echo it
+        workloads = {"model": [{"role": "user", "content": "Continue: " + ", ".join(str(i) for i in range(1, 100))}]}
     results: dict = {}
     async with openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0) as client, \
             aiohttp.ClientSession() as session:
@@ -119,7 +128,7 @@ async def bench(base: str, repeat: int, events: int, size: int) -> dict:
 def table(results: dict) -> str:
     rows = ["| workload | client | tokens | TTFT median (ms) | TTFT ratio SDK/ours | tokens/s median | tokens/s ratio ours/SDK |",
             "|---|---|---:|---:|---:|---:|---:|"]
-    for workload in ("first token", "throughput"):
+    for workload in dict.fromkeys(w for w, _ in results):
         sdk = results[(workload, "sdk")]
         sdk_ttft = statistics.median(sdk["ttft"])
         sdk_tps = statistics.median(sdk["tps"])
@@ -139,7 +148,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--size", type=int, default=4)
+    parser.add_argument("--base-url", help="measure this running server instead of the local one")
+    parser.add_argument("--model", help="model for --base-url (default: the first it lists)")
+    parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
+    global MODEL
+    if args.base_url:
+        base = args.base_url.rstrip("/")
+        MODEL = args.model or asyncio.run(OpenAICompatible.list_models(base_url=base))[0]
+        OPTIONS.update(temperature=0, max_tokens=args.max_tokens)
+        results = asyncio.run(bench(base, args.repeat, args.events, args.size, real=True))
+        print(f"openai SDK {openai.__version__} vs OpenAICompatible, {base} (model {MODEL}), "
+              f"{args.repeat} alternating rounds, max_tokens={args.max_tokens}, temperature 0\n")
+        print(table(results))
+        return 0
     proc, base = start_server()
     try:
         results = asyncio.run(bench(base, args.repeat, args.events, args.size))
