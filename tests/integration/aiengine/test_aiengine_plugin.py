@@ -112,6 +112,17 @@ async def test_model_receives_exactly_the_thread_over_three_turns(site, upstream
     assert len(upstream_messages(upstream)) == 3
 
 
+async def test_the_plugin_keeps_the_first_and_the_last_15_history_messages(site, upstream):
+    # The chatbot's maxMessages (15): a long thread loses its middle on the site, not here.
+    thread = []
+    for i in range(12):
+        thread += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    thread.append({"role": "user", "content": "last"})
+    await ask(site.url, thread, bot_id="bare")
+    seen = upstream_messages(upstream)[-1]
+    assert seen == thread[:1] + thread[-16:-1] + thread[-1:]  # first, last 15, then the new message
+
+
 async def test_unknown_bot_id_answers_with_the_default_bot(site, upstream):
     chunks, reply = await ask(site.url, [{"role": "user", "content": "hi"}], bot_id="no-such-bot")
     assert reply.complete
