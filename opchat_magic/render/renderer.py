@@ -70,7 +70,7 @@ class Renderer:
         max_chars: int = 2000,
         max_fence_lines: int = 40,
         group_chars: int = 4000,
-        lag_rate: float = 8000.0,
+        lag_rate: float = 6000.0,
         remote_images=False,
     ):
         # which images may show inline (render.ImagePolicy): by default none that

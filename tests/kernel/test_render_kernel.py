@@ -90,8 +90,8 @@ def test_display_face_bytes_are_linear_in_the_reply(kernel):
     assert 4 <= growth <= 6.5, sizes  # 5x the reply: ~5x the bytes on iopub, not ~25x
     # the payload per reply char at 1,000 chars/s: the open output's re-sends (budget 1.5x,
     # plus max-lag re-sends within lag_rate) + each output once as text/markdown and
-    # text/plain (2x), JSON-escaped; measured 8.4. Few messages (176 for 50 K), so the
-    # bytes on iopub, headers included, stay near 10 per char (12.5 with one output per block).
+    # text/plain (2x), JSON-escaped; measured 7.3. Few messages (154 for 50 K), so the
+    # bytes on iopub, headers included, stay near 9 per char (12.5 with one output per block).
     assert md5 / 50_000 <= 9.5, sizes
     assert b5 / 50_000 <= 12, sizes
     print("\nDisplayFace, 50k chars: %d display msgs, %d bytes on iopub (%.1f per char), payload %.2f per char"
