@@ -47,16 +47,27 @@ def wait_until(pred, limit=20):
         if time.monotonic() > end:
             raise AssertionError('timed out')
         time.sleep(0.02)
+import opchat_magic.turn as _turn_mod
+_front_door_stopped = threading.Event()  # set when a front door cancels a turn (ChatTurn.cancel)
+_orig_cancel = _turn_mod.ChatTurn.cancel
+def _recording_cancel(self):
+    _orig_cancel(self)
+    _front_door_stopped.set()
+_turn_mod.ChatTurn.cancel = _recording_cancel
+race_seen = None
 def stop_after_commit(name, stop):
     # The thread's next commit succeeds, then `stop()` runs a hair too late (still inside the
-    # stream's task), and the task lingers so the front door sees its Stop before the task ends.
+    # stream's task), and the task does not end until the front door has acted on the Stop
+    # (cancelled the turn): the race, every time, whatever the machine's load.
     t = session.conversation.thread(name)
     commit = t.commit
     def late(*a, **k):
         done = commit(*a, **k)
         t.commit = commit
+        global race_seen
+        _front_door_stopped.clear()
         stop()
-        time.sleep(0.3)
+        race_seen = _front_door_stopped.wait(10)  # the tests check it: the race really happened
         return done
     t.commit = late
 """
@@ -103,6 +114,7 @@ def test_interrupt_after_commit_is_complete_in_the_awaited_cell(kernel):
     assert ex.status == "ok", (ex.error, ex.stderr)
     assert squash(reply_text(user("racing"))) in squash(ex.markdown())
     assert "Stopped" not in ex.markdown() + ex.stderr
+    assert kernel.value("race_seen") is True  # the cell cancelled the turn after it had committed
     assert kernel.value("state('race')") == {"messages": ["racing", reply_text(user("racing"))],
                                              "failed": None, "pending": False}
 
@@ -114,6 +126,7 @@ def test_interrupt_after_commit_is_complete_in_the_blocking_cell(kernel):
     kernel.run("%autoawait on")
     assert ex.status == "ok", (ex.error, ex.stderr)
     assert "Stopped" not in ex.markdown() + ex.stderr
+    assert kernel.value("race_seen") is True
     assert kernel.value("state('race2')")["failed"] is None
     assert len(kernel.value("state('race2')")["messages"]) == 2
 
@@ -122,6 +135,7 @@ def test_stop_after_commit_is_complete_in_the_panel(kernel):
     kernel.run("panel = ChatPanel(thread='race3')\nstop_after_commit('race3', panel.stop)\n"
                "panel.send('panel racing')")
     wait_for(kernel, "not panel.busy")
+    assert kernel.value("race_seen") is True
     status = kernel.value("panel.status_text")
     assert status.startswith("✓"), status
     assert kernel.value("panel.outcome.status") == "complete"
