@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+
+import pytest
 
 from opchat_magic.testing.terminal import TerminalIPython
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian: apt-get install tmux)")
 
 
 def test_terminal_ipython_prints_the_table_as_text(tmp_path):
