@@ -29,6 +29,7 @@ import weakref
 from typing import Optional
 
 from ..errors import OpchatError, ThreadBusyError
+from .static import StaticCopy
 from .view import SEND_MARK, PanelView
 
 __all__ = ["ChatPanel", "show_panel", "last_panel", "SEND_MARK"]
@@ -114,6 +115,7 @@ class ChatPanel:
         self.thread = self.conversation.thread(thread or settings.thread)
         self.chat = None  # the ChatTurn streaming from this panel, if any
         self.outcome = None  # how the panel's last turn ended
+        self._copy = StaticCopy()
         self._lock = threading.RLock()
         self._closed = False
         self._refresh_queued = False
@@ -138,9 +140,8 @@ class ChatPanel:
         ]
         _last = weakref.ref(self)
 
-    # -- display -------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:  # the widget, then a static copy of the transcript (panel/static.py)
+        self._copy.display(self.widget._repr_mimebundle_(), self.thread)
 
     def __repr__(self) -> str:
         return f"<ChatPanel thread={self.thread.name!r}{', streaming' if self.busy else ''}>"
@@ -235,6 +236,7 @@ class ChatPanel:
             self.view.show_turns(self.thread.turns, create=True)
             if not self.busy:
                 self.view.show_retry(self.thread.last_failed is not None)
+        self._copy.update(self.thread)
 
     def _new_thread(self, name: str) -> None:
         if not name:
@@ -336,7 +338,7 @@ class ChatPanel:
         if name != self.thread.name:
             return
         if what == "begin":
-            self._say_elsewhere()
+            _say_elsewhere(self.view, self.thread.name)
             return
         if self.view.status_kind == "elsewhere":
             self.view.set_status("", "")
@@ -347,11 +349,7 @@ class ChatPanel:
             self.refresh()
             self.view.show_explain(self.session.has_error)
             if self.thread.pending is not None:
-                self._say_elsewhere()
-
-    def _say_elsewhere(self) -> None:
-        self.view.set_status(f"Thread {self.thread.name!r} is busy answering elsewhere (a %%opchat cell or "
-                             "another panel)…", "elsewhere")
+                _say_elsewhere(self.view, self.thread.name)
 
     def _sync(self) -> None:
         """Bring the transcript up to date from any thread, creating widgets only on the kernel's."""
@@ -363,6 +361,7 @@ class ChatPanel:
                     self.view.show_turns(self.thread.turns, create=False):
                 if not self.busy:
                     self.view.show_retry(self.thread.last_failed is not None)
+                self._copy.update(self.thread)
                 return
             if self._refresh_queued:  # the kernel is busy with a cell; one queued refresh is enough
                 return
@@ -385,6 +384,11 @@ class ChatPanel:
             fn()
         except Exception as exc:
             self.view.set_status(f"The panel failed to refresh: {_message(exc)}", "error")
+
+
+def _say_elsewhere(view, thread_name: str) -> None:
+    view.set_status(f"Thread {thread_name!r} is busy answering elsewhere (a %%opchat cell or another panel)…",
+                    "elsewhere")
 
 
 def _running_loop():

@@ -62,6 +62,7 @@ _CSS = """
 .opchat-panel .opchat-status { font-size: 90%; min-height: 1.4em; }
 .opchat-panel .opchat-status-error { color: var(--jp-error-color1, #c62828); }
 .opchat-panel .opchat-status-busy { color: var(--jp-warn-color1, #ef6c00); }
+.jp-OutputArea-child:has(.opchat-panel) + .jp-OutputArea-child:has(.opchat-panel-copy) { display: none; }
 </style>
 """
 
