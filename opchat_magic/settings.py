@@ -75,6 +75,12 @@ class OpchatSettings(Configurable):
                                  "Keys belong in environment variables, not here.").tag(config=True)
     failover = List(Unicode(), help="Provider names tried in order when the first fails before any text.").tag(config=True)
     footer = Bool(True, help="Show tokens and timings under each reply.").tag(config=True)
+    remote_images = Union(
+        [Bool(), List(Unicode())], default_value=False,
+        help="Images in replies that may load from the network: False (default: only data: images show; "
+             "any other shows as a link, so a reply cannot make the page fetch a URL it chose), True (all), "
+             "or a list of host names, e.g. ['upload.wikimedia.org'].",
+    ).tag(config=True)
     max_value_chars = Int(100_000, min=0, help="Longest text one {reference} ({name}, {In[N]}, {Out[N]}, "
                           "{Err[N]}) puts in a prompt; a longer value is cut with a marker saying how much "
                           "was left out, and the footer says so (0: no limit).").tag(config=True)
@@ -90,7 +96,20 @@ class OpchatSettings(Configurable):
     def describe(self) -> str:
         """Every setting and its value, as a Markdown list (``%opchat config``)."""
         names = sorted(self.trait_names(config=True))
-        return "\n".join(f"- `{n}` = `{getattr(self, n)!r}`" for n in names)
+        return "\n".join(f"- `{n}` = `{shown_setting(getattr(self, n))}`" for n in names)
+
+
+_SECRET_NAME = ("key", "password", "passwd", "secret", "token", "nonce", "auth")
+
+
+def shown_setting(value) -> str:
+    """A setting as ``%opchat config`` shows it: URL credentials and secret-named entries as ``***``."""
+    from .scrub import redact_userinfo
+
+    if isinstance(value, dict):
+        value = {k: ("***" if v and v != "auto" and any(w in str(k).lower() for w in _SECRET_NAME) else v)
+                 for k, v in value.items()}
+    return redact_userinfo(repr(value))
 
 
 def provider_class(name: str):
@@ -156,6 +175,7 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
         include_history=include_history,
         secrets=secrets,
         footer=settings.footer,
+        remote_images=settings.remote_images,
         interval=settings.update_interval,
         retryable=retryable,
         provider_name=_registered_name(cls, chosen or settings.provider),

@@ -60,6 +60,7 @@ class TurnOptions:
     include_history: bool = True
     secrets: tuple = ()  # strings to scrub from any error text shown to the user
     footer: bool = True  # tokens and timings under the reply
+    remote_images: Any = False  # render.ImagePolicy: which images may load from the network
     interval: float = 0.05  # seconds between re-renders of the growing block
     retryable: bool = True  # False for a --no-history turn: its thread is thrown away
     provider_name: str = ""  # the provider's registered name (the footer shows it)

@@ -554,7 +554,8 @@ class Conversation:
         if store is not None:
             from .writer import Writer
 
-            self.writer: Optional["Writer"] = Writer(store, on_problem=_warn_not_saved)
+            self.writer: Optional["Writer"] = Writer(store, on_problem=_warn_not_saved,
+                                                     on_recreated=self._save_again)
         else:
             self.writer = None
         self.blobs = Blobs(store)  # image bytes by hash, shared by the threads (store: after a restart)
@@ -583,6 +584,24 @@ class Conversation:
                 listener(name, what)
             except Exception as exc:  # a broken listener must not break a turn
                 warnings.warn(f"opchat-magic: a history listener failed: {exc!r}", RuntimeWarning, stacklevel=2)
+
+    def _save_again(self, what: str) -> int:
+        """The history file was deleted or replaced: write every thread's turns into the new one
+        (on the writer thread; the store skips turns it already holds). Returns the turns saved."""
+        with self._lock:
+            threads = list(self._threads.values())
+        saved = 0
+        for thread in threads:
+            for turn in thread.turns:
+                if turn.status == "complete":
+                    self.store.append_turn(self.key, thread.name, Message("user", turn.user, tuple(turn.images)),
+                                           Message("assistant", turn.reply), _turn_meta(turn),
+                                           **thread._blob_kwargs(turn))
+                    saved += 1
+            failed = thread.last_failed
+            if failed is not None:
+                self.store.record_failed(self.key, thread.name, failed, **thread._blob_kwargs(failed))
+        return saved
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every queued history write is done; False if ``timeout`` ran out first."""

@@ -144,6 +144,15 @@ def _normalise(path: str) -> str:
         return str(candidate.absolute())
 
 
+def _file_identity(path: str) -> Optional[tuple]:
+    """(device, inode) of the file at ``path``, None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _private_file(path: Path, tighten_dir: bool) -> None:
     """Create ``path``'s folder (0700) and the file itself (0600) before SQLite opens it.
 
@@ -241,18 +250,49 @@ class Store:
             tighten = False
         self.path = str(path)
         self._memory = self.path == ":memory:"
+        self._conn: Optional[sqlite3.Connection] = None
         try:
-            if not self._memory:
-                _private_file(Path(self.path), tighten_dir=tighten)
-            # isolation_level=None: no implicit BEGINs; transactions are ours, explicit.
-            # timeout: another kernel may be writing to the same file.
-            self._conn: Optional[sqlite3.Connection] = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            self._setup()
+            self._open(tighten)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"Cannot open the history database {self.path}: {exc}. Move the file aside, "
                              "set OPCHAT_HISTORY_DB to another path, or "
                              "`%config OpchatMagics.persist = False`.") from exc
+
+    def _open(self, tighten: bool = False) -> None:
+        if not self._memory:
+            _private_file(Path(self.path), tighten_dir=tighten)
+        # isolation_level=None: no implicit BEGINs; transactions are ours, explicit.
+        # timeout: another kernel may be writing to the same file.
+        self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._setup()
+        self._identity = _file_identity(self.path) if not self._memory else None
+
+    def check_file(self) -> Optional[str]:
+        """Is the file still the one opened? ``"deleted"`` or ``"replaced"`` if not (it is then
+        opened anew at the same path, re-created if gone), None if it is.
+
+        SQLite keeps writing into a file that was unlinked or renamed away; without this
+        check, every later turn would land in a file nobody can open again.
+        """
+        if self._memory:
+            return None
+        with self._lock:
+            if self._conn is None:
+                return None
+            now = _file_identity(self.path)
+            if now == self._identity:
+                return None
+            what = "deleted" if now is None else "replaced"
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+            try:
+                self._open()
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"The history database {self.path} was {what} while the kernel ran, and "
+                                 f"cannot be re-created: {exc}") from exc
+            return what
 
     def _setup(self) -> None:
         conn = self._conn
@@ -330,6 +370,9 @@ class Store:
         turn_id = str(meta.get("turn_id") or os.urandom(16).hex())
         now = time.time()
         with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM messages WHERE key=? AND thread=? AND turn_id=? LIMIT 1",
+                            (key, thread, turn_id)).fetchone():
+                return  # already saved (a history re-saved into a re-created file): once only
             (last,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages WHERE key=? AND thread=?",
                                    (key, thread)).fetchone()
             _put_blobs(conn, blobs)

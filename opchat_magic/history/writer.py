@@ -36,8 +36,11 @@ class Writer:
     """Runs ``store.<method>(*args)`` calls one at a time on a daemon thread."""
 
     def __init__(self, store: Any, on_problem: Optional[Callable[[str], None]] = None,
-                 patience: float = PATIENCE):
+                 patience: float = PATIENCE, on_recreated: Optional[Callable[[str], int]] = None):
         self.store = store
+        # the file was deleted or replaced and opened anew: save what memory holds into it again
+        # (returns how many turns it saved); the user is told once per event
+        self.on_recreated = on_recreated
         self.on_problem = on_problem or (lambda message: warnings.warn(message, UserWarning, stacklevel=2))
         self.patience = patience
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue()
@@ -107,8 +110,33 @@ class Writer:
                     self._unfinished -= 1
                     self._idle.notify_all()
 
+    def _check_file(self) -> None:
+        check = getattr(self.store, "check_file", None)
+        if check is None:
+            return
+        try:
+            what = check()
+        except Exception as exc:
+            self.on_problem(f"opchat-magic could not save history to {self._where()}: {exc}")
+            return
+        if not what:
+            return
+        saved = 0
+        if self.on_recreated is not None:
+            try:
+                saved = self.on_recreated(what)
+            except Exception as exc:
+                self.on_problem(f"opchat-magic: the history database {self._where()} was {what} while the "
+                                f"kernel ran; re-saving this session's turns into it failed: {exc}")
+                return
+        how = "re-created" if what == "deleted" else "opened anew"
+        self.on_problem(f"opchat-magic: the history database {self._where()} was {what} while the kernel "
+                        f"ran; it was {how} and this notebook's {saved} turn(s) in memory were saved into it "
+                        "again (nothing is lost).")
+
     def _do(self, method: str, args: tuple, kwargs: dict) -> None:
         deadline = time.monotonic() + self.patience
+        self._check_file()  # at the next write: a deleted or replaced file is noticed here
         while True:
             try:
                 getattr(self.store, method)(*args, **kwargs)

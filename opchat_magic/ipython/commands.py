@@ -45,7 +45,9 @@ def run_command(word: str, settings) -> None:
                       code=["name", "class"], title="Providers (%config OpchatMagics.provider = NAME)"))
     elif word == "config":
         names = sorted(settings.trait_names(config=True))
-        display(Table(["setting", "value"], [[n, repr(getattr(settings, n))] for n in names],
+        from ..settings import shown_setting  # URL credentials and secret-named options as ***
+
+        display(Table(["setting", "value"], [[n, shown_setting(getattr(settings, n))] for n in names],
                       code=["setting", "value"], title="Settings (%config OpchatMagics.NAME = VALUE)"))
     else:  # help
         display(Text(HELP))

@@ -169,7 +169,8 @@ class OpchatMagics(Magics):
         kind = self.settings.renderer
         if args.format == "text" and kind == "auto":
             kind = "terminal"
-        return Renderer(choose_face(kind)(), interval=self.settings.update_interval)
+        return Renderer(choose_face(kind)(), interval=self.settings.update_interval,
+                        remote_images=self.settings.remote_images)
 
     async def _run_async(self, request):
         turn = self._begin(request)

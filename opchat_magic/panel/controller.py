@@ -281,7 +281,7 @@ class ChatPanel:
             with self._lock:
                 self.view.show_turns(self.thread.turns, create=True)  # catch up before the new turn shows
                 face = WidgetFace()
-                renderer = Renderer(face, interval=options.interval)
+                renderer = Renderer(face, interval=options.interval, remote_images=options.remote_images)
                 box = self.view.start_live(chat.turn.user, face.widget)
                 self.chat = chat
                 if from_input:
