@@ -133,15 +133,19 @@ class ErrorLog:
         self._errors: "OrderedDict[Optional[int], CellError]" = OrderedDict()
         self._lock = threading.Lock()
         self._last: Optional[CellError] = None
+        # True between pre_run_cell and post_run_cell: a reference resolved then belongs to the running cell.
+        self.running = False
 
     # -- the hooks ---------------------------------------------------------
     def pre_run_cell(self, info=None) -> None:
+        self.running = True
         # ipykernel clears it in run_cell but not on its async path: clear it here, so what
         # post_run_cell finds there was shown for this cell.
         if getattr(self.shell, "_last_traceback", None) is not None:
             self.shell._last_traceback = None
 
     def post_run_cell(self, result) -> None:
+        self.running = False
         error = getattr(result, "error_in_exec", None)
         before = error is None
         if before:

@@ -62,12 +62,21 @@ class Notebook:
     @classmethod
     def from_shell(cls, shell, errors: Optional[ErrorLog] = None) -> "Notebook":
         history = shell.history_manager
+        errors = errors if errors is not None else error_log(shell)
+        inputs = history.input_hist_raw
+        # The running cell's number: IPython 8 says it in execution_count, IPython 9 has already
+        # moved execution_count on to the next cell while this one runs. The stored inputs agree in
+        # both: the running cell is the last one; with no cell running (the panel), the next is current.
+        if errors is not None:
+            current = len(inputs) - 1 if errors.running else len(inputs)
+        else:
+            current = shell.execution_count
         return cls(
             namespace=shell.user_ns,
-            inputs=history.input_hist_raw,
+            inputs=inputs,
             outputs=history.output_hist,
-            errors=errors if errors is not None else error_log(shell),
-            current=shell.execution_count,
+            errors=errors,
+            current=current,
         )
 
 
