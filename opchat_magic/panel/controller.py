@@ -124,6 +124,7 @@ class ChatPanel:
         self.view = PanelView(threads=self.conversation.threads(), thread=self.thread.name,
                               providers=providers, provider=current, model=settings.model,
                               max_height=max_height)
+        self.view.remote_images = settings.remote_images  # the transcript's images, as the cells'
         for name in ("widget", "transcript", "input", "send_button", "stop_button", "retry_button",
                      "explain_button", "thread_select", "new_thread", "new_thread_button", "provider_select",
                      "model", "status"):

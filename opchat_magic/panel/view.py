@@ -102,6 +102,7 @@ class PanelView:
         import ipywidgets as w
 
         self._shown: Dict[tuple, Any] = {}  # (turn id, status) -> the turn's widget
+        self.remote_images: Any = False  # which images a reply may load (the remote_images setting)
         self._style = w.HTML(_CSS)
         self._keys = w.Output(layout=w.Layout(display="none"))
         self._keys.outputs = ({"output_type": "display_data", "metadata": {},
@@ -286,7 +287,7 @@ class PanelView:
         from ..render import escape_text, sanitize_markdown
 
         user = self.message_widget("user", turn.user)
-        body = sanitize_markdown(turn.reply) if turn.reply else ""
+        body = sanitize_markdown(turn.reply, self.remote_images) if turn.reply else ""
         if turn.status == "complete":
             note = _turn_footer(turn)
             if note:

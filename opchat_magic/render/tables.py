@@ -15,6 +15,7 @@ import re
 import unicodedata
 from typing import Iterable, List, Optional, Sequence
 
+from ..scrub import show_controls
 from .sanitize import escape_text
 
 __all__ = ["Table", "Text", "plain_cell", "transcript_text"]
@@ -26,8 +27,7 @@ MAX_CELL = 80
 
 def plain_cell(value: object, limit: int = MAX_CELL) -> str:
     """One line of printable text, at most ``limit`` columns wide (an ellipsis marks a cut)."""
-    text = _CONTROL.sub(" ", str(value))
-    text = " ".join(text.split())
+    text = " ".join(show_controls(str(value)).split())  # escapes visible, as everywhere a terminal is
     if _width(text) > limit:
         out, width = [], 0
         for ch in text:
@@ -112,7 +112,7 @@ class Text:
     def __init__(self, markdown: str, text: Optional[str] = None):
         self.markdown = markdown
         source = markdown if text is None else text
-        self.plain = "\n".join(_CONTROL.sub("", line.replace("\t", "    ")) for line in source.split("\n"))
+        self.plain = "\n".join(show_controls(line.replace("\t", "    ")) for line in source.split("\n"))
 
     def _repr_markdown_(self) -> str:
         return self.markdown

@@ -9,11 +9,11 @@ from opchat_magic.render.tables import Table, Text, plain_cell
 def test_text_form_is_aligned_and_inert():
     t = Table(["thread", "messages"], [["default", 6], ["ideas\x1b[31m", 12], ["日本語", 1]])
     lines = repr(t).splitlines()
-    assert lines[0] == "thread      messages"
-    assert lines[1] == "----------  --------"
-    assert lines[2] == "default     6"
-    assert lines[3] == "ideas [31m  12"  # the escape is gone, its printable rest stays visible
-    assert lines[4] == "日本語      1"  # wide characters count two columns
+    assert lines[0] == "thread         messages"
+    assert lines[1] == "-------------  --------"
+    assert lines[2] == "default        6"
+    assert lines[3] == "ideas\\x1b[31m  12"  # the escape shows, inert, as everywhere text reaches a terminal
+    assert lines[4] == "日本語         1"  # wide characters count two columns
     assert "\x1b" not in repr(t)
 
 
