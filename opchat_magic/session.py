@@ -139,7 +139,7 @@ class Session:
         budget = None
         if options is not None:
             budget = options.provider_kwargs.get("input_limit") or getattr(options.provider, "input_limit", None)
-        current = self.shell.execution_count if self.shell is not None else None
+        current = self._notebook().current if self.shell is not None else None  # same count as {In[-1]}
         return explain_prompt(find_error(self.errors, number, current), cap=self.settings.max_value_chars,
                               budget=budget or None)
 

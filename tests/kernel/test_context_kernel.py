@@ -110,7 +110,11 @@ def test_explain_last_error_streams_and_joins_the_thread(kernel, server):
     m = count(kernel.run("[][1]", check=False))
     kernel.run(f"%opchat_explain -p openai {n}")
     assert f"Cell In[{n}]" in sent(server)
-    kernel.run("%opchat_explain -1", check=False)  # the cell before is the explain above: no error
+    ex = kernel.run("%opchat_explain -1", check=False)  # the cell before is the explain above: no error
+    assert ex.status == "error" and "raised no error" in ex.error["evalue"], ex.error
+    k = count(kernel.run("{}['missing']", check=False))
+    kernel.run("%opchat_explain -p openai -1")  # counted back from this cell: the KeyError just above
+    assert f"Cell In[{k}]" in sent(server) and "KeyError" in sent(server)
     ex = kernel.run(f"x = 1\n%opchat_explain -t other -p openai {m}")
     assert "IndexError: list index out of range" in sent(server)
     assert len(server.stats.last_body["messages"]) == 1  # thread "other" was empty
