@@ -58,34 +58,25 @@ import os
 import random
 import string
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Mapping, Optional
 
 # Only the errors that need no aiohttp: importing this module stays cheap (the
 # registry lists providers without a request); HTTPStatusError and .http are
 # imported where a request is made.
-from ..errors import (
-    NotAnEndpointError,
-    ServerError,
-    SSEDecodeError,
-    StreamError,
-    StreamTimeoutError,
-    TruncatedStreamError,
-    redact,
-)
+from ..errors import ServerError, SSEDecodeError, StreamTimeoutError, TruncatedStreamError, redact
 from .base import AsyncGeneratorProvider, Messages, Reasoning, Reply, ReplyStream, Usage
+from .aiengine_answer import (
+    AUTO, DEFAULT_READ_TIMEOUT, INPUT_LIMIT, NO_NONCE,
+    bad_live, count_ignored, decode_slow, error_text, is_nonce_refusal, parse_end, refuse_empty,
+    sniff_body, status_hint,
+)
 from .wordpress import Endpoint, SiteCache, link_root
-
-if TYPE_CHECKING:
-    from ..errors import HTTPStatusError
 
 __all__ = ["Opchatgpts", "SUBMIT_PATH", "SESSION_PATH", "random_chat_id", "validate_messages"]
 
 SUBMIT_PATH = "/wp-json/mwai-ui/v1/chats/submit"  # on a pretty-permalink site; see wordpress.py
 SESSION_PATH = "/wp-json/mwai/v1/start_session"
 REFERER_PATH = "/chatgpt-free-use/"
-
-# The longest piece of an offending line quoted in an error message (``.line`` keeps all of it).
-LINE_SNIPPET = 200
 
 _CHAT_ID_CHARS = string.ascii_lowercase + string.digits
 
@@ -125,12 +116,6 @@ def _refuse_images(messages: Any) -> None:
         raise not_supported(Opchatgpts.images_refusal, count)
 
 
-def _snippet(line: str) -> str:
-    from .http import snippet
-
-    return repr(snippet(line, LINE_SNIPPET))
-
-
 @dataclass
 class _Request:
     """Everything one turn sends, resolved and validated before the first await."""
@@ -148,19 +133,6 @@ class _Request:
         return self.endpoint.submit_url
 
 
-# Nonce modes besides a given nonce string.
-AUTO = "auto"  # the site's cached nonce, fetched from start_session when the site asks for one
-NO_NONCE = ""  # never send X-WP-Nonce (nonce=False or nonce="")
-
-# AI Engine gives the upstream model MWAI_TIMEOUT = 300 s (the whole request, no
-# keep-alives); a silence longer than that cannot end in a reply, a shorter one can.
-AIENGINE_MODEL_TIMEOUT = 300.0
-DEFAULT_READ_TIMEOUT = AIENGINE_MODEL_TIMEOUT + 10.0
-
-# What the plugin answers when the REST nonce is missing (401) or stale/wrong (403).
-_NONCE_CODES = ("rest_forbidden", "rest_cookie_invalid_nonce")
-REJECTED_TEXT = "Sorry, your query has been rejected."
-INPUT_LIMIT = 512  # the chatbot's default textInputMaxLength
 
 
 class Opchatgpts(AsyncGeneratorProvider):
@@ -409,10 +381,6 @@ class Opchatgpts(AsyncGeneratorProvider):
             "(bot_id) choose the model, and the request's model argument is not sent."
         )
 
-    @staticmethod
-    def _is_nonce_refusal(exc) -> bool:
-        return exc.status in (401, 403) and any(code in str(exc.message) for code in _NONCE_CODES)
-
     # ---------------------------------------------------------------- stream
 
     @classmethod
@@ -437,12 +405,12 @@ class Opchatgpts(AsyncGeneratorProvider):
                 if req.endpoint.guessed:  # a REST error: the guessed root is the right one
                     req.endpoint = req.endpoint.confirmed()
                     cls.sites.learn_root(req.endpoint)
-                if req.nonce == AUTO and not refreshed and cls._is_nonce_refusal(exc):
+                if req.nonce == AUTO and not refreshed and is_nonce_refusal(exc):
                     refreshed = True
                     cls.sites.set_nonce(req.endpoint, None)
                     await cls._fetch_nonce(session, req, proxy)
                     continue
-                raise cls._status_hint(exc, req, refreshed) from None
+                raise status_hint(exc, req, refreshed) from None
             if isinstance(answer, Endpoint):  # moved (once: the new endpoint is not a guess)
                 req.endpoint = answer
                 continue
@@ -472,9 +440,9 @@ class Opchatgpts(AsyncGeneratorProvider):
                 reply.endpoint = public_url(url) + ("?rest_route=" + url.split("rest_route=", 1)[1]
                                                     if "rest_route=" in url else "")
                 if first is not None:  # not labelled an event stream: its first bytes decide
-                    first = await cls._sniff_body(response, url, req, secrets, reply, first)
+                    first = await sniff_body(response, url, req, secrets, reply, first)
                     if first is None:  # a complete non-streamed answer, now in reply.final
-                        cls._refuse_empty(reply.final, reply, url, req)
+                        refuse_empty(reply.final, reply, url, req)
                         cls._keep_new_token(req, reply.final)
                         text = reply.final.get("reply")
                         if text:
@@ -500,14 +468,14 @@ class Opchatgpts(AsyncGeneratorProvider):
                         except Exception:
                             kind = None
                         if kind is None:
-                            obj, kind = cls._decode_slow(data, url, secrets)
+                            obj, kind = decode_slow(data, url, secrets)
                         if kind == "live":
                             text = obj.get("data")
                             if text.__class__ is str and "subtype" not in obj:
                                 yield text
                                 continue
                             if not isinstance(text, str):
-                                raise cls._bad_live(data, url, secrets)
+                                raise bad_live(data, url, secrets)
                             subtype = obj.get("subtype")
                             if subtype is None or subtype == "content":
                                 yield text
@@ -515,12 +483,12 @@ class Opchatgpts(AsyncGeneratorProvider):
                             if subtype == "thinking":
                                 yield Reasoning(text)
                                 continue
-                            ignored = cls._count(ignored, f"live/{subtype}")
+                            ignored = count_ignored(ignored, f"live/{subtype}")
                         elif kind == "end":
-                            final = cls._parse_end(obj, data, url, secrets)
+                            final = parse_end(obj, data, url, secrets)
                             if ignored:
                                 final["_ignored_events"] = ignored
-                            cls._refuse_empty(final, reply, url, req)
+                            refuse_empty(final, reply, url, req)
                             reply.final = final
                             reply.usage = Usage.from_dict(final.get("usage"))
                             reply.complete = True
@@ -530,9 +498,9 @@ class Opchatgpts(AsyncGeneratorProvider):
                                 yield text
                             return
                         elif kind == "error":
-                            raise ServerError(cls._error_text(obj.get("data"), url, secrets, req))
+                            raise ServerError(error_text(obj.get("data"), url, secrets, req))
                         else:  # unknown: ignored for forward compatibility, counted
-                            ignored = cls._count(ignored, kind if isinstance(kind, str) else repr(kind))
+                            ignored = count_ignored(ignored, kind if isinstance(kind, str) else repr(kind))
                 finally:
                     await events.aclose()
                     await body.aclose()
@@ -548,32 +516,6 @@ class Opchatgpts(AsyncGeneratorProvider):
                 exc.partial = reply.text
             raise
 
-    @staticmethod
-    def _refuse_empty(final: dict, reply: Reply, url: str, req: _Request) -> None:
-        """A successful end with no text at all is not a reply.
-
-        AI Engine reports ``success: true`` with an empty reply when its model
-        server answered 200 with nothing usable (an empty body, a web page, a
-        stream that never said anything): the site hides the failure, so it is
-        named here rather than stored as an empty answer.
-        """
-        if reply.chunks or final.get("reply") or final.get("images"):
-            return
-        from ..errors import EmptyReplyError
-
-        reply.complete = False
-        reply.final = final
-        new = req.payload.get("newMessage") or ""
-        history = req.payload.get("messages") or []
-        chars = len(new) + sum(len(m.get("content") or "") for m in history if isinstance(m.get("content"), str))
-        raise EmptyReplyError(
-            f"{url} reported success with an empty reply: the site's model server answered without any "
-            f"text (AI Engine hides such upstream failures: an empty or non-chat answer, or a prompt over "
-            f"the model's context; the request had {len(history) + 1} messages, {chars:,} characters). "
-            f"Check the chatbot's model settings on the site, or send less history.",
-            messages=len(history) + 1, chars=chars, tokens=(chars + 3) // 4,
-        )
-
     @classmethod
     def _keep_new_token(cls, req: _Request, final: Optional[dict]) -> None:
         """An ``end`` payload's ``new_token`` replaces the site's cached nonce."""
@@ -581,119 +523,3 @@ class Opchatgpts(AsyncGeneratorProvider):
         if isinstance(token, str) and token and req.nonce != NO_NONCE:
             cls.sites.set_nonce(req.endpoint, token)
 
-    # ---------------------------------------------------------------- the slow paths
-
-    @staticmethod
-    def _decode_slow(data: str, url: str, secrets: tuple) -> "tuple[dict, Any]":
-        """(object, type) of a data line the fast path did not take; else raises the StreamError."""
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            what = "is not JSON"
-        else:
-            if isinstance(obj, dict) and obj.get("type") is not None:
-                return obj, obj["type"]
-            what = "has no \"type\"" if isinstance(obj, dict) else f"is JSON {type(obj).__name__}, not an object"
-        line = redact(data, secrets)
-        raise StreamError(f"broken stream from {url}: a data line {what}: {_snippet(line)}", line=line)
-
-    @staticmethod
-    def _count(ignored: Optional[dict], key: str) -> dict:
-        ignored = ignored if ignored is not None else {}
-        ignored[key] = ignored.get(key, 0) + 1
-        return ignored
-
-    @staticmethod
-    def _bad_live(data: str, url: str, secrets: tuple) -> StreamError:
-        line = redact(data, secrets)
-        return StreamError(
-            f"broken stream from {url}: a live event without string data: {_snippet(line)}", line=line
-        )
-
-    @staticmethod
-    def _parse_end(obj: dict, line: str, url: str, secrets: tuple) -> dict:
-        raw = obj.get("data")
-        final = raw
-        if isinstance(raw, str):
-            try:
-                final = json.loads(raw)
-            except ValueError:
-                final = None
-        if not isinstance(final, dict):
-            red = redact(line, secrets)
-            raise StreamError(
-                f"broken stream from {url}: the end event's data is not a JSON object: {_snippet(red)}", line=red
-            )
-        if final.get("success") is False:
-            message = final.get("message") or final.get("reply") or "the end event reports success: false"
-            raise ServerError(f"{url} reported a failure: {redact(str(message), secrets)}")
-        return final
-
-    @staticmethod
-    def _error_text(data: Any, url: str, secrets: tuple, req: Optional[_Request] = None) -> str:
-        if isinstance(data, dict):
-            data = data.get("message") or data.get("error") or json.dumps(data)
-        message = data if isinstance(data, str) and data else "an error event without a message"
-        text = f"{url} sent an error: {redact(message, secrets)}"
-        new = req.payload.get("newMessage") if req is not None else None
-        if message == REJECTED_TEXT and isinstance(new, str) and len(new) > INPUT_LIMIT:
-            text += (f" - the message is {len(new)} characters; AI Engine rejects messages longer than the "
-                     f"chatbot's input limit (textInputMaxLength, {INPUT_LIMIT} by default)")
-        return text
-
-    @staticmethod
-    def _status_hint(exc: "HTTPStatusError", req: _Request, refreshed: bool = False) -> "HTTPStatusError":
-        from .http import restate
-
-        if exc.status in (401, 403) and (Opchatgpts._is_nonce_refusal(exc) or "nonce" in str(exc.message).lower()):
-            if req.nonce == NO_NONCE:
-                hint = " - this site wants a REST nonce: leave nonce unset (fetched from start_session when needed)"
-            elif req.nonce != AUTO:
-                hint = " - the nonce given was refused (stale?): leave nonce unset for a fresh one from start_session"
-            else:
-                hint = " - even a fresh nonce from start_session was refused" if refreshed else ""
-            return restate(exc, str(exc.message) + hint) if hint else exc
-        if exc.status == 403 and REJECTED_TEXT in str(exc.message):
-            return restate(exc, str(exc.message) + " - AI Engine refuses an empty message, or a request naming "
-                           "neither botId nor customId")
-        return exc
-
-    @classmethod
-    async def _sniff_body(cls, response, url: str, req: _Request, secrets: tuple, reply: Reply,
-                          first: bytes) -> Optional[bytes]:
-        """A body not labelled ``text/event-stream``: its ``first`` bytes decide.
-
-        Returns the bytes read (to be fed to the SSE decoder first) when it is an
-        event stream after all; ``None`` after accepting a non-streamed JSON
-        answer (``reply`` filled in); raises for anything else.
-        """
-        from .http import MAX_JSON_BODY, not_an_endpoint, read_body, sniff
-
-        kind = sniff(first)
-        if kind == "sse":
-            return first
-        if kind == "empty":
-            raise TruncatedStreamError(f"{url} answered HTTP {response.status} with an empty body", partial="")
-        if kind != "json":
-            raise not_an_endpoint(url, response, first, secrets)
-        try:
-            raw = await read_body(response, MAX_JSON_BODY, first, url=url, timeouts=req.timeouts)
-        except ValueError:
-            raise NotAnEndpointError(f"{url} answered with a JSON body over {MAX_JSON_BODY} bytes") from None
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise not_an_endpoint(url, response, raw[:2048], secrets, expected="a JSON answer or a")
-        if answer.get("success") is False:
-            message = answer.get("message") or "success: false"
-            raise ServerError(f"{url} reported a failure: {redact(str(message), secrets)}")
-        if not isinstance(answer.get("reply"), str):
-            raise StreamError(
-                f"{url} answered with JSON that holds no reply: {_snippet(redact(raw[:2048].decode('utf-8', 'replace'), secrets))}"
-            )
-        reply.final = answer
-        reply.usage = Usage.from_dict(answer.get("usage"))
-        reply.complete = True
-        return None
