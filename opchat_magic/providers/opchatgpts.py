@@ -63,14 +63,15 @@ from typing import Any, AsyncIterator, Mapping, Optional
 # Only the errors that need no aiohttp: importing this module stays cheap (the
 # registry lists providers without a request); HTTPStatusError and .http are
 # imported where a request is made.
-from ..errors import ServerError, SSEDecodeError, StreamTimeoutError, TruncatedStreamError, redact
+from ..errors import ServerError, SSEDecodeError, StreamTimeoutError, TruncatedStreamError
 from .base import AsyncGeneratorProvider, Messages, Reasoning, Reply, ReplyStream, Usage
 from .aiengine_answer import (
     AUTO, DEFAULT_READ_TIMEOUT, INPUT_LIMIT, NO_NONCE,
-    bad_live, count_ignored, decode_slow, error_text, is_nonce_refusal, parse_end, refuse_empty,
-    sniff_body, status_hint,
+    bad_live, count_ignored, decode_slow, error_text, parse_end, refuse_empty,
+    sniff_body,
 )
-from .wordpress import Endpoint, SiteCache, link_root
+from .aiengine_site import open_submit
+from .wordpress import Endpoint, SiteCache
 
 __all__ = ["Opchatgpts", "SUBMIT_PATH", "SESSION_PATH", "random_chat_id", "validate_messages"]
 
@@ -307,70 +308,6 @@ class Opchatgpts(AsyncGeneratorProvider):
         kwargs["_request"] = cls._prepare(messages, proxy, kwargs)
         return super().create_async_generator(model, messages, proxy, **kwargs)
 
-    # ---------------------------------------------------------------- site: REST root and nonce
-
-    @classmethod
-    async def _post_submit(cls, session, req: _Request, proxy, headers, secrets, stack):
-        """POST the turn: ``(response, first)`` once the headers are in, or the :class:`Endpoint` to try instead.
-
-        ``first`` is None for a body labelled ``text/event-stream``, else its
-        first bytes (read to tell a web page from an answer). The response is
-        entered on ``stack`` only when kept; a web page (or 404) at a guessed
-        REST root is closed, and the endpoint its ``Link`` header names (else
-        the plain-permalink root) returned instead.
-        """
-        from contextlib import AsyncExitStack
-
-        from ..errors import HTTPStatusError
-        from .http import is_event_stream, open_post, read_first, sniff
-
-        url = req.url
-        attempt = AsyncExitStack()
-        try:
-            response = await attempt.enter_async_context(
-                open_post(session, url, json=req.payload, headers=headers,
-                          proxy=proxy, timeouts=req.timeouts, secrets=secrets))
-        except HTTPStatusError as exc:
-            if exc.status == 404 and req.endpoint.guessed:
-                return req.endpoint.moved(None)
-            raise
-        try:
-            first = None  # an event stream: nothing read yet
-            if not is_event_stream(response):
-                first = await read_first(response, url, req.timeouts)
-                if req.endpoint.guessed and sniff(first) == "html":
-                    # A web page, not the REST API: the site has plain permalinks (or its
-                    # REST root is elsewhere); the page's Link header says where. A page
-                    # naming this very root is something else (a proxy's or captcha page).
-                    root = link_root(response.headers, req.endpoint.site)
-                    if root != req.endpoint.root:
-                        await attempt.aclose()
-                        return req.endpoint.moved(root)
-        except BaseException:
-            await attempt.aclose()
-            raise
-        await stack.enter_async_context(attempt)
-        return response, first
-
-    @classmethod
-    async def _fetch_nonce(cls, session, req: _Request, proxy: Optional[str]) -> str:
-        """A fresh REST nonce from ``start_session`` (cached for the site)."""
-        from .http import post_json
-
-        url = req.endpoint.session_url
-        answer = await post_json(session, url, json={}, headers=req.headers, proxy=proxy,
-                                 timeouts=req.timeouts, secrets=req.secrets)
-        nonce = answer.get("restNonce") if isinstance(answer, dict) else None
-        if not isinstance(nonce, str) or not nonce:
-            message = answer.get("message") if isinstance(answer, dict) else None
-            raise ServerError(
-                f"{url} gave no restNonce"
-                + (f": {redact(str(message), req.secrets)}" if message else "")
-                + ". Sites on AI Engine < 2.4.4 have no start_session: pass the page's restNonce as nonce=..."
-            )
-        cls.sites.set_nonce(req.endpoint, nonce)
-        return nonce
-
     @classmethod
     async def list_models(cls, proxy: Optional[str] = None, **kwargs: Any) -> "list[str]":
         """AI Engine has no model listing: the site's chatbot (``bot_id``) decides the model."""
@@ -384,43 +321,6 @@ class Opchatgpts(AsyncGeneratorProvider):
     # ---------------------------------------------------------------- stream
 
     @classmethod
-    async def _open(cls, session, req: _Request, proxy, stack):
-        """Open the submit stream: (response, first bytes, secrets), retrying at most twice.
-
-        Once when a guessed REST root turns out wrong (plain permalinks), once
-        when the site refuses the nonce (none, stale or wrong): a fresh one from
-        ``start_session`` (auto mode only). Both happen before any reply text.
-        """
-        from ..errors import HTTPStatusError
-
-        guessed, refreshed = req.endpoint.guessed, False
-        while True:
-            nonce = req.nonce if req.nonce not in (AUTO, NO_NONCE) else (
-                cls.sites.nonce(req.endpoint) if req.nonce == AUTO else None)
-            headers = {**req.headers, "X-WP-Nonce": nonce} if nonce else req.headers
-            secrets = tuple(sorted({*req.secrets, *([nonce] if nonce else [])}, key=len, reverse=True))
-            try:
-                answer = await cls._post_submit(session, req, proxy, headers, secrets, stack)
-            except HTTPStatusError as exc:
-                if req.endpoint.guessed:  # a REST error: the guessed root is the right one
-                    req.endpoint = req.endpoint.confirmed()
-                    cls.sites.learn_root(req.endpoint)
-                if req.nonce == AUTO and not refreshed and is_nonce_refusal(exc):
-                    refreshed = True
-                    cls.sites.set_nonce(req.endpoint, None)
-                    await cls._fetch_nonce(session, req, proxy)
-                    continue
-                raise status_hint(exc, req, refreshed) from None
-            if isinstance(answer, Endpoint):  # moved (once: the new endpoint is not a guess)
-                req.endpoint = answer
-                continue
-            response, first = answer
-            if guessed:
-                req.endpoint = req.endpoint.confirmed()
-                cls.sites.learn_root(req.endpoint)
-            return response, first, secrets
-
-    @classmethod
     async def _stream(cls, model, messages, proxy, reply: Reply, **kwargs) -> AsyncIterator[str]:
         from contextlib import AsyncExitStack
 
@@ -431,7 +331,7 @@ class Opchatgpts(AsyncGeneratorProvider):
         url = req.url
         try:
             async with session_scope(req.session) as session, AsyncExitStack() as stack:
-                response, first, secrets = await cls._open(session, req, proxy, stack)
+                response, first, secrets = await open_submit(cls.sites, session, req, proxy, stack)
                 url = req.url
                 # AI Engine never sends the model argument, nor says which model answered: the
                 # site's chatbot chooses. No model is shown rather than one that was not used.
