@@ -149,6 +149,21 @@ def _leading_junk(ch: str) -> bool:
     return unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc", "Cf", "Co", "Cn")
 
 
+def _decoded_at(s: str, i: int, n: int) -> "tuple[str, int]":
+    """What a browser reads at ``s[i]`` of a URL (text ends at ``n``): a backslash
+    escape or entity resolved, else the character; and the index after it."""
+    c = s[i]
+    if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
+        return s[i + 1], i + 2
+    if c == "&":
+        m = _ENTITY.match(s, i)
+        if m:
+            dec = html.unescape(m.group(0))
+            if dec != m.group(0):
+                return dec, m.end()
+    return c, i + 1
+
+
 def _blocked_url(s: str, i: int, n: int) -> bool:
     """Does the destination starting at ``s[i]`` (text ends at ``n``) fall outside the allowlist?
 
@@ -165,18 +180,7 @@ def _blocked_url(s: str, i: int, n: int) -> bool:
     junk = 0
     started = False
     while i < n:
-        c = s[i]
-        if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
-            chars, i = s[i + 1], i + 2
-        elif c == "&":
-            m = _ENTITY.match(s, i)
-            dec = html.unescape(m.group(0)) if m else c
-            if m and dec != m.group(0):
-                chars, i = dec, m.end()
-            else:
-                chars, i = c, i + 1
-        else:
-            chars, i = c, i + 1
+        chars, i = _decoded_at(s, i, n)
         for ch in chars:
             if ch in "\t\n\r":
                 continue  # browsers drop these anywhere in a URL
@@ -211,15 +215,7 @@ def _decoded_prefix(s: str, i: int, n: int, size: int) -> str:
     """Up to ``size`` characters from ``s[i]``, entities and escapes resolved, tabs and newlines dropped."""
     out: List[str] = []
     while i < n and len(out) < size:
-        c = s[i]
-        if c == "\\" and i + 1 < n and s[i + 1] in _PUNCT:
-            chars, i = s[i + 1], i + 2
-        elif c == "&":
-            m = _ENTITY.match(s, i)
-            dec = html.unescape(m.group(0)) if m else c
-            chars, i = (dec, m.end()) if m and dec != m.group(0) else (c, i + 1)
-        else:
-            chars, i = c, i + 1
+        chars, i = _decoded_at(s, i, n)
         out.extend(ch.lower() for ch in chars if ch not in "\t\n\r")
     return "".join(out)
 
