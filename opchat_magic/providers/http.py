@@ -533,28 +533,9 @@ async def _read_some(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-@asynccontextmanager
-async def open_post(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    json: Any = None,
-    headers: Optional[Mapping[str, str]] = None,
-    proxy: Optional[str] = None,
-    timeouts: Timeouts = Timeouts(),
-    secrets: Iterable[str] = (),
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST ``json`` to ``url`` and yield the response once its headers are in.
-
-    A status >= 400 raises :class:`HTTPStatusError` (after reading up to 64 KiB of
-    the body for its message). Connection failures and timeouts raise the typed
-    errors in the module docstring. On leaving the block the response is
-    released if it was read to the end, else closed (so an abandoned or
-    cancelled stream really closes its connection at once).
-    """
-    async with open_request(session, "POST", url, json=json, headers=headers, proxy=proxy,
-                            timeouts=timeouts, secrets=secrets) as response:
-        yield response
+def open_post(session: aiohttp.ClientSession, url: str, **options: Any):
+    """:func:`open_request` with ``POST`` (same keywords)."""
+    return open_request(session, "POST", url, **options)
 
 
 @asynccontextmanager
@@ -569,7 +550,14 @@ async def open_request(
     timeouts: Timeouts = Timeouts(),
     secrets: Iterable[str] = (),
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """:func:`open_post` for any method (``GET /models``)."""
+    """Send ``method`` (``json`` as the body) to ``url`` and yield the response once its headers are in.
+
+    A status >= 400 raises :class:`HTTPStatusError` (after reading up to 64 KiB of
+    the body for its message). Connection failures and timeouts raise the typed
+    errors in the module docstring. On leaving the block the response is
+    released if it was read to the end, else closed (so an abandoned or
+    cancelled stream really closes its connection at once).
+    """
     url, headers, password = url_credentials(url, headers)
     secrets = collect_secrets(headers, proxy, extra=tuple(secrets) + (password,))
     ctx = ssl_context_from_env()  # per request too, so a shared session honours SSL_CERT_FILE
