@@ -150,6 +150,16 @@ class _ModelDefault:
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
+def _reasoning_of(part: Any) -> Optional[str]:
+    """The reasoning text a delta or message carries (the first of REASONING_KEYS set), else None."""
+    if isinstance(part, dict):
+        for key in REASONING_KEYS:
+            value = part.get(key)
+            if value and isinstance(value, str):
+                return value
+    return None
+
+
 def _outgoing(message: Any) -> Any:
     """``message`` as sent: without reasoning a server or an earlier reply attached to it."""
     if isinstance(message, dict) and any(key in message for key in REASONING_KEYS):
@@ -401,11 +411,7 @@ def _choice_texts(choice: Any) -> "tuple[Optional[str], Optional[str], Optional[
         content = delta.get("content")
         if not (content and isinstance(content, str)):
             content = None
-        for key in REASONING_KEYS:
-            value = delta.get(key)
-            if value and isinstance(value, str):
-                reasoning = value
-                break
+        reasoning = _reasoning_of(delta)
     reason = choice.get("finish_reason")
     return content, reasoning, reason if reason and isinstance(reason, str) else None
 
@@ -488,11 +494,9 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, me
                         if content and isinstance(content, str):
                             yield content
                         else:  # off the hot path: reasoning deltas carry no content
-                            for key in REASONING_KEYS:
-                                thought = delta.get(key)
-                                if thought and isinstance(thought, str):
-                                    yield Reasoning(thought)
-                                    break
+                            thought = _reasoning_of(delta)
+                            if thought:
+                                yield Reasoning(thought)
                     reason = choice.get("finish_reason")
                     if reason:
                         finish_reason = reason
@@ -553,11 +557,9 @@ async def _json_answer(response, url, first, timeouts, reply, secrets) -> AsyncI
     content = message.get("content") if isinstance(message, dict) else None
     if choice is None or not (content is None or isinstance(content, str)):
         raise not_an_endpoint(url, response, body, secrets, expected="a chat.completion JSON or a")
-    for key in REASONING_KEYS:
-        thought = message.get(key) if isinstance(message, dict) else None
-        if thought and isinstance(thought, str):
-            yield Reasoning(thought)
-            break
+    thought = _reasoning_of(message)
+    if thought:
+        yield Reasoning(thought)
     if content:
         yield content
     final = _final(obj, None)
