@@ -433,6 +433,7 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, me
     events = EventDecoder()
     decode_lines = lines.decode
     decode_event = events.decode
+    check = lines.raise_pending
     loads = json.loads
     final: Optional[dict] = None
     finish_reason = None
@@ -504,6 +505,7 @@ async def _read_events(chunks, url: str, reply, secrets, max_line_bytes: int, me
             if usage:
                 reply.usage = Usage.from_dict(usage)
                 final["usage"] = usage
+        check()  # invalid UTF-8 in this chunk: raised now, after the text before it (as aiter_events)
 
     # The body ended without [DONE]. The SSE spec drops an event whose blank line
     # never came; a server that closes right after "data: [DONE]\n" still meant it.

@@ -558,3 +558,26 @@ def test_public_url_drops_credentials_and_queries():
     assert public_url("https://user:secret@host.example/v1/x") == "https://host.example/v1/x"
     assert public_url("https://host.example/openai/deployments/d/chat?api-version=1&api-key=k") == \
         "https://host.example/openai/deployments/d/chat?..."
+
+
+async def test_invalid_utf8_raises_at_once_after_the_text_before_it():
+    """Bad bytes end the stream when they arrive, not when (if ever) the next chunk does."""
+    import asyncio
+
+    from opchat_magic.errors import SSEDecodeError
+    from opchat_magic.providers.base import Reply
+    from opchat_magic.providers.openai_compat import _read_events
+
+    async def chunks():
+        yield chunk("Hel") + b"data: \xff\n\n"
+        await asyncio.Event().wait()  # the server stalls after the bad bytes
+
+    got = []
+
+    async def read():
+        async for text in _read_events(chunks(), URL_, Reply(), (), 1 << 20):
+            got.append(text)
+
+    with pytest.raises(SSEDecodeError, match="invalid UTF-8"):
+        await asyncio.wait_for(read(), 5)  # without the check: a TimeoutError here
+    assert got == ["Hel"]
