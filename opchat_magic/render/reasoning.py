@@ -20,8 +20,9 @@ passed). The final state is sent once.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
+from .chunks import Chunks
 from .sanitize import escape_text
 
 __all__ = ["ReasoningPart", "reasoning_markdown", "reasoning_plain", "THINKING", "thought_summary"]
@@ -77,7 +78,7 @@ class ReasoningPart:
         self.budget = budget
         self.window = window
         self._raw = bool(getattr(face, "streams_raw", False))
-        self._chunks: List[str] = []
+        self._chunks = Chunks()
         self._last: Optional[float] = None
         self._dirty = False
         self._credit = 0.0
@@ -88,9 +89,7 @@ class ReasoningPart:
 
     @property
     def text(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
+        return self._chunks.text
 
     @property
     def started(self) -> bool:

@@ -41,6 +41,7 @@ import time
 from typing import Any, Callable, List, Optional
 
 from .blocks import BlockSplitter
+from .chunks import Chunks
 from .reasoning import ReasoningPart
 from .sanitize import ImagePolicy, sanitize_markdown
 
@@ -83,7 +84,7 @@ class Renderer:
         self.budget = budget
         self._raw = bool(getattr(face, "streams_raw", False))
         self._splitter = BlockSplitter(max_chars=max_chars, max_fence_lines=max_fence_lines)
-        self._chunks: List[str] = []
+        self._chunks = Chunks()  # the raw reply
         self._last: Optional[float] = None
         self._dirty = False
         self._credit = 0.0
@@ -107,9 +108,7 @@ class Renderer:
     @property
     def text(self) -> str:
         """The raw reply so far."""
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
+        return self._chunks.text
 
     @property
     def closed(self) -> bool:
