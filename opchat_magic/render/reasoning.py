@@ -124,7 +124,9 @@ class ReasoningPart:
             self._render(now)
 
     def _render(self, now: float) -> None:
-        md = reasoning_markdown(self.text, final=False, window=self.window)
+        # only the window's end is shown: read that much, not the whole text per update
+        shown = self._chunks.last(self.window + 1) if self.window else self.text
+        md = reasoning_markdown(shown, final=False, window=self.window)
         self.face.set_reasoning(md, None, False)
         self.updates += 1
         self.bytes_sent += len(md)

@@ -99,6 +99,24 @@ def test_streaming_updates_show_a_bounded_window():
     assert max(sizes) < 1500 and len(sizes) > 5
 
 
+
+def test_streaming_window_is_the_end_of_the_whole_text():
+    # each update shows the text's last `window` characters, read without joining the rest
+    face, clock = Recorder(), Clock()
+    r = Renderer(face, clock=clock)
+    fed = []
+    for i in range(600):
+        fed.append(f"step {i}. ")
+        r.feed_reasoning(fed[-1])
+        clock.t += 0.01
+        r.tick()
+    clock.t += 1.0
+    r.tick()  # flush: the last update shows the text as it ends
+    updates = [c[1] for c in face.calls if c[0] == "set_reasoning"]
+    assert updates[-1] == reasoning_markdown("".join(fed), final=False, window=r.reasoning.window)
+    assert r.reasoning._chunks.last(5) == "".join(fed)[-5:]
+    assert r.reasoning.text == "".join(fed)
+
 def _reasoning_bytes(n_chunks):
     face, clock = Recorder(), Clock()
     r = Renderer(face, clock=clock)
