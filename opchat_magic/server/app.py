@@ -214,7 +214,7 @@ async def start_session(request: web.Request) -> web.Response:
 async def rest_index(request: web.Request) -> web.Response:
     if _pretty_path_on_a_plain_site(request):
         return _home_page()
-    base = f"{request.scheme}://{request.host}"
+    base = _site(request)
     return _json({"name": "opchat-magic local server", "url": base, "home": base,
                   "namespaces": ["mwai/v1", "mwai-ui/v1"]})
 
