@@ -229,10 +229,7 @@ async def rest_route(request: web.Request) -> web.StreamResponse:
     if route is None:
         return _home_page()
     method, handler = _REST_ROUTES.get(route.rstrip("/") if route != "/" else route, (None, None))
-    if handler is None:
-        return _json({"code": "rest_no_route", "message": "No route was found matching the URL and request method.",
-                      "data": {"status": 404}}, 404)
-    if request.method != method:
+    if handler is None or request.method != method:
         return _json({"code": "rest_no_route", "message": "No route was found matching the URL and request method.",
                       "data": {"status": 404}}, 404)
     return await handler(request)
