@@ -39,12 +39,10 @@ from typing import List, Optional
 
 # The CommonMark rules the sanitiser shares live in .commonmark (one copy);
 # the private aliases keep this module's code as it was.
-from .commonmark import FENCE as _FENCE
 from .commonmark import closes_run as _closes_run
 from .commonmark import fence_closes as _fence_closes
 from .commonmark import fence_open as _fence_open
 from .commonmark import indent as _indent
-from .commonmark import span_not_fence as _span_not_fence
 
 _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _THEMATIC = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
