@@ -16,6 +16,7 @@ import pytest
 
 from opchat_magic.server import LocalServer, reply_text
 from test_images import png
+from test_openai_magic_kernel import wait_for
 
 pytestmark = pytest.mark.kernel
 ANSI = "\x1b["
@@ -249,14 +250,6 @@ def test_text_only_provider_refuses_images_before_sending(kernel, server, tmp_pa
 
 
 # -- the panel: the same references, and "Explain last error" -------------------------------------
-
-def wait_for(kernel, expression, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not kernel.value(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{expression!r} still falsy after {timeout} s")
-        time.sleep(0.05)
-
 
 def test_panel_resolves_references_and_explains_the_last_error(kernel, server):
     kernel.run("from opchat_magic.panel import ChatPanel\npanel = ChatPanel()")

@@ -59,6 +59,7 @@ def unescaped(md):
 
 
 def wait_for(kernel, expression, timeout=30.0):
+    """Poll ``expression`` in the kernel until it is truthy; return its value (shared by the kernel tests)."""
     deadline = time.monotonic() + timeout
     while True:
         value = kernel.value(expression)

@@ -20,6 +20,7 @@ import pytest
 
 from opchat_magic.server import LocalServer, reply_text
 from opchat_magic.server import echo_history as user
+from test_openai_magic_kernel import wait_for
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
 
@@ -83,17 +84,6 @@ def fresh(kernel, server):
     server.clear_fault()
     kernel.run("%autoawait on\n%opchat_reset --all")
     yield
-
-
-def wait_for(kernel, expression, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = kernel.value(expression)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{expression!r} still falsy after {timeout} s")
-        time.sleep(0.05)
 
 
 def squash(text):
