@@ -321,10 +321,10 @@ class ChatTurn:
         if outcome.complete:
             outcome.saved = saved
             outcome.footer = self._footer(saved)
-        elif outcome.advice is None and _unreachable(self.options, outcome) is not None:
+        elif outcome.advice is None and (unreachable := _unreachable(self.options, outcome)) is not None:
             from .unreachable import advise, probe_for
 
-            error, url = _unreachable(self.options, outcome)
+            error, url = unreachable
             if found is None:
                 found = probe_for(error, url)
             outcome.advice = advise(error, url, provider=self.options.provider_name, found=found)
