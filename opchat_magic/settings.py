@@ -16,6 +16,7 @@ where it is used, through ``session.settings``.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Optional
 
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
@@ -99,7 +100,16 @@ class OpchatSettings(Configurable):
         return "\n".join(f"- `{n}` = `{shown_setting(getattr(self, n))}`" for n in names)
 
 
-_SECRET_NAME = ("key", "password", "passwd", "secret", "token", "nonce", "auth")
+# Words that make an option name secret, matched against the name's words (``api_key``,
+# ``proxyPassword``, ``X-Auth-Token``), never as substrings: ``max_tokens`` and ``author`` are not secrets.
+_SECRET_WORDS = frozenset({"key", "apikey", "password", "passwd", "pwd", "secret", "token", "nonce", "auth",
+                           "authorization", "credential", "credentials"})
+_NAME_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def is_secret_name(name) -> bool:
+    """Whether an option named ``name`` holds a secret (one rule for display and for error scrubbing)."""
+    return any(word.lower() in _SECRET_WORDS for word in _NAME_WORD.findall(str(name)))
 
 
 def shown_setting(value) -> str:
@@ -107,8 +117,7 @@ def shown_setting(value) -> str:
     from .scrub import redact_userinfo
 
     if isinstance(value, dict):
-        value = {k: ("***" if v and v != "auto" and any(w in str(k).lower() for w in _SECRET_NAME) else v)
-                 for k, v in value.items()}
+        value = {k: ("***" if v and v != "auto" and is_secret_name(k) else v) for k, v in value.items()}
     return redact_userinfo(repr(value))
 
 
@@ -164,7 +173,7 @@ def turn_options(settings: OpchatSettings, *, provider: Optional[str] = None, mo
     if endpoint:
         kwargs.setdefault(getattr(cls, "url_kwarg", "url"), endpoint)
     secrets = tuple(v for v in (os.environ.get(k) for k in KEY_VARIABLES) if v)
-    secrets += tuple(str(v) for k, v in kwargs.items() if "key" in k.lower() and v)
+    secrets += tuple(str(v) for k, v in kwargs.items() if v and v != "auto" and is_secret_name(k))
     return TurnOptions(
         provider=cls,
         model=model or settings.model,
