@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from ..scrub import show_controls
 from .chunks import Chunks
 from .sanitize import escape_text
 
@@ -54,8 +55,11 @@ def reasoning_markdown(text: str, final: bool, window: int = 0) -> str:
 
 
 def reasoning_plain(text: str) -> str:
-    """The plain-text form (nbconvert to text, terminals): labelled, controls removed."""
-    return f"[{thought_summary(text)}]\n" + _CONTROL.sub("", text).strip()
+    """The plain-text form (nbconvert to text, terminals): labelled, controls shown as visible escapes.
+
+    The same function as every other text bound for a terminal (``scrub.show_controls``), so bidi
+    overrides and escape sequences are seen, never obeyed."""
+    return f"[{thought_summary(text)}]\n" + show_controls(text).strip()
 
 
 class ReasoningPart:

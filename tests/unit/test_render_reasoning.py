@@ -81,6 +81,10 @@ def test_hostile_reasoning_is_inert_text():
         assert "](javascript" not in body and "\\]\\(javascript" in body
         assert "\\*\\*bold\\*\\*" in body and "\x1b" not in body
     assert "\x1b" not in reasoning_plain(HOSTILE)
+    # Bidi overrides and escapes in the plain form are shown, not obeyed (as in every terminal text).
+    plain = reasoning_plain("safe \u202e evil \x1b]52;c;AAAA\x07 end")
+    assert "\u202e" not in plain and "\x1b" not in plain and "\x07" not in plain
+    assert "\\x1b]52" in plain and "end" in plain
 
 
 def test_paragraphs_stay_apart_as_quote_lines():
